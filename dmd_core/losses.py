@@ -1,0 +1,132 @@
+"""DMD's training objective (spec section 10), as plain functions.
+
+``total_loss(model, output, labels)`` returns every part, so a trainer or a
+notebook can log them; each part is also available on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+
+from .config import MODALITIES
+from .distill import GDLosses, cosine_along
+from .model import DMD, Decoupled, DMDOutput
+
+
+def task_loss(output: DMDOutput, labels: torch.Tensor) -> torch.Tensor:
+    """L1 between the labels and each of the eight predictions, summed."""
+    y = labels.reshape(-1, 1).to(output.prediction.dtype)
+    return sum(F.l1_loss(p, y) for p in output.predictions())  # type: ignore[return-value]
+
+
+def reconstruction_loss(dec: Decoupled) -> torch.Tensor:
+    """``sum_m MSE(recon_m, x_m)`` (``x_m`` not detached, as the reference)."""
+    return sum(F.mse_loss(dec.recon[m], dec.x[m]) for m in MODALITIES)  # type: ignore[return-value]
+
+
+def cycle_loss(dec: Decoupled) -> torch.Tensor:
+    """``sum_m MSE(s_m, E_m(recon_m))``."""
+    return sum(F.mse_loss(dec.private[m], dec.private_cycle[m]) for m in MODALITIES)  # type: ignore[return-value]
+
+
+def orthogonality_loss(dec: Decoupled, axis: str = "batch") -> torch.Tensor:
+    """``sum_m mean(max(0, cos(s_m, c_m)))``.
+
+    ``axis="batch"``: the published recipe. The reference hands ``(T, B, d)``
+    tensors and a one-element target to ``CosineEmbeddingLoss``; PyTorch 1.9
+    then took the cosine along dim 1, the *batch* axis: one cosine per (time
+    step, channel) between two B-vectors. ``axis="feature"``: one cosine per
+    (sample, time step) between the d-vectors, what the paper means.
+    """
+    if axis not in ("batch", "feature"):
+        raise ValueError(f"orthogonality_loss: axis must be 'batch' or 'feature', found {axis!r}")
+    dim = 0 if axis == "batch" else 1  # features are (B, d, T) here
+    return sum(  # type: ignore[return-value]
+        F.relu(cosine_along(dec.private[m], dec.shared[m], dim=dim)).mean() for m in MODALITIES
+    )
+
+
+def _pair_cosine(x: torch.Tensor) -> torch.Tensor:
+    """All-pairs cosine of the rows of ``x (N, F)`` with the reference's norm: ``max(sqrt(|x|^2 + 1e-8), 1e-8)``."""
+    norm = (x.pow(2).sum(1) + 1e-8).sqrt().clamp_min(1e-8)
+    return (x @ x.T) / (norm.unsqueeze(1) * norm.unsqueeze(0))
+
+
+def margin_loss(features: torch.Tensor, labels: torch.Tensor, scale: float = 0.15) -> torch.Tensor:
+    """The margin (hinge) loss on shared features, without a loop over samples.
+
+    ``features (3, B, d)`` stacked L, V, A; ``labels (B,)`` or ``(B, 1)``. The 3B
+    vectors (sample-major) are anchors; for anchor ``a``, positives are the other
+    vectors with exactly the same label, negatives the rest, and
+    ``loss_a = mean_{p, n} max(0, scale*|y_a - y_n| - cos_ap + cos_an)``. The
+    result is the mean over anchors with at least one positive and one negative
+    (0 when there is none, e.g. a batch of one).
+    """
+    n_mod, batch, dim = features.shape
+    x = features.transpose(0, 1).reshape(n_mod * batch, dim)  # (3B, d): L, V, A of sample 0, then 1, ...
+    y = labels.reshape(-1).to(x.dtype).repeat_interleave(n_mod)  # (3B,)
+    if y.numel() != x.shape[0]:
+        raise ValueError(f"margin_loss: {batch} feature rows per modality but {labels.numel()} labels")
+    cos = _pair_cosine(x)
+    n = x.shape[0]
+    other = ~torch.eye(n, dtype=torch.bool, device=x.device)
+    same = y.unsqueeze(1) == y.unsqueeze(0)
+    pos, neg = same & other, ~same  # (3B, 3B)
+    margin = scale * (y.unsqueeze(1) - y.unsqueeze(0)).abs()  # (anchor, negative)
+    # hinge[a, p, q] = max(0, margin[a, q] - cos[a, p] + cos[a, q]) for positive p and negative q.
+    hinge = F.relu(margin.unsqueeze(1) - cos.unsqueeze(2) + cos.unsqueeze(1))  # (3B, 3B, 3B)
+    pair_mask = pos.unsqueeze(2) & neg.unsqueeze(1)
+    hinge = torch.where(pair_mask, hinge, torch.zeros((), dtype=hinge.dtype, device=hinge.device))
+    n_pairs = pos.sum(1) * neg.sum(1)  # (3B,)
+    valid = n_pairs > 0
+    per_anchor = hinge.sum((1, 2)) / n_pairs.clamp_min(1)
+    return (per_anchor * valid).sum() / valid.sum().clamp_min(1)
+
+
+@dataclass
+class LossParts:
+    """Every part of the DMD objective for one batch; ``total`` is what is minimised."""
+
+    total: torch.Tensor
+    task: torch.Tensor
+    recon: torch.Tensor
+    cycle: torch.Tensor
+    ort: torch.Tensor
+    margin: torch.Tensor
+    homo_gd: torch.Tensor
+    homo_reg: torch.Tensor
+    homo_logit: torch.Tensor
+    homo_repr: torch.Tensor
+    hetero_gd: torch.Tensor
+    hetero_reg: torch.Tensor
+    hetero_logit: torch.Tensor
+    hetero_repr: torch.Tensor
+
+    def detached(self) -> dict[str, torch.Tensor]:
+        """Detached parts as a dict of 0-d tensors (no host sync)."""
+        return {f.name: getattr(self, f.name).detach() for f in fields(self)}
+
+    def as_dict(self) -> dict[str, float]:
+        """Parts as Python floats (synchronises with the device)."""
+        return {k: float(v) for k, v in self.detached().items()}
+
+
+def total_loss(model: DMD, output: DMDOutput, labels: torch.Tensor) -> LossParts:
+    """``task + HomoGD + HeteroGD + w_dec * (cycle + recon + w_sim * (margin + ort))``."""
+    cfg = model.config
+    dec = output.decoupled
+    task = task_loss(output, labels)
+    recon, cycle = reconstruction_loss(dec), cycle_loss(dec)
+    ort = orthogonality_loss(dec, cfg.ort_axis)
+    margin = margin_loss(torch.stack([dec.shared_sim[m] for m in MODALITIES]), labels, cfg.margin_scale)
+    homo: GDLosses = model.homo_gd.losses(output.homo.logits, output.homo.reprs, output.homo_graph)
+    hetero: GDLosses = model.hetero_gd.losses(output.hetero.logits, output.hetero.reprs, output.hetero_graph)
+    total = task + homo.total + hetero.total + cfg.decouple_weight * (cycle + recon + cfg.sim_weight * (margin + ort))
+    return LossParts(
+        total=total, task=task, recon=recon, cycle=cycle, ort=ort, margin=margin,
+        homo_gd=homo.total, homo_reg=homo.reg, homo_logit=homo.logit, homo_repr=homo.repr,
+        hetero_gd=hetero.total, hetero_reg=hetero.reg, hetero_logit=hetero.logit, hetero_repr=hetero.repr,
+    )  # fmt: skip

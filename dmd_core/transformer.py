@@ -1,0 +1,185 @@
+"""The MulT Transformer (fairseq style) that DMD uses for every attention block.
+
+Exactly the reference's computation (spec section 8), written with
+``scaled_dot_product_attention``:
+
+* inputs are scaled by ``sqrt(d)`` and get sinusoidal positions ``t + 1``, except
+  that a time step whose first feature channel is exactly 0 gets position 0,
+  whose embedding is the zero vector (fairseq's padding rule applied to
+  features);
+* pre-norm layers; query, key and value share the first LayerNorm; key and value
+  are embedded once and fed unchanged to every layer;
+* the attention mask hides key ``j`` from query ``i`` when ``j > i + |L_k - L_q|``.
+
+Sequences are time-first, ``(T, B, d)``, as in the reference.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def sinusoid_positions(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embeddings of integer ``positions`` (any shape) -> ``(*shape, dim)``.
+
+    ``[sin(p f), cos(p f)]`` concatenated, ``f_i = exp(-i ln(10000) / (half - 1))``;
+    position 0 maps to the zero vector; a zero column is appended when ``dim`` is odd.
+    """
+    half = dim // 2
+    freqs = torch.exp(
+        torch.arange(half, dtype=torch.float32, device=positions.device) * -(math.log(10000.0) / (half - 1))
+    )
+    angles = positions.to(torch.float32).unsqueeze(-1) * freqs
+    emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb.masked_fill((positions == 0).unsqueeze(-1), 0.0)
+
+
+def feature_positions(x: torch.Tensor) -> torch.Tensor:
+    """Positions of a ``(T, B, d)`` sequence: ``t + 1``, or 0 where ``x[t, b, 0] == 0``."""
+    steps = torch.arange(1, x.shape[0] + 1, device=x.device).unsqueeze(1)  # (T, 1)
+    return torch.where(x[..., 0] == 0, torch.zeros_like(steps), steps)  # (T, B)
+
+
+def future_mask(len_q: int, len_k: int, device: torch.device) -> torch.Tensor:
+    """Boolean mask ``(len_q, len_k)``, True where query ``i`` may see key ``j``.
+
+    The reference adds ``-inf`` where ``j > i + |len_k - len_q|`` (an upper
+    triangle offset by ``1 + |len_k - len_q|``); for equal lengths this is the
+    causal mask.
+    """
+    i = torch.arange(len_q, device=device).unsqueeze(1)
+    j = torch.arange(len_k, device=device).unsqueeze(0)
+    return j <= i + abs(len_k - len_q)
+
+
+class MultiheadAttention(nn.Module):
+    """Multi-head attention with a packed input projection, like ``nn.MultiheadAttention``.
+
+    Parameter names (``in_proj_weight``, ``in_proj_bias``, ``out_proj``) match the
+    reference so checkpoints map one to one.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"MultiheadAttention: dim {dim} not divisible by heads {heads}")
+        self.dim, self.heads, self.dropout = dim, heads, dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * dim))
+        self.out_proj = nn.Linear(dim, dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | str | None
+    ) -> torch.Tensor:
+        """``query (Lq, B, d)``, ``key``/``value (Lk, B, d)`` -> ``(Lq, B, d)``.
+
+        ``mask``: None, a boolean ``(Lq, Lk)`` mask (True = attend), or the string
+        ``"causal"`` for the square causal mask (lets fused kernels skip the mask).
+        """
+        len_q, batch, dim = query.shape
+        w, b = self.in_proj_weight, self.in_proj_bias
+        if key is query and value is query:  # self-attention: one matmul
+            q, k, v = F.linear(query, w, b).chunk(3, dim=-1)
+        elif key is value:
+            q = F.linear(query, w[:dim], b[:dim])
+            k, v = F.linear(key, w[dim:], b[dim:]).chunk(2, dim=-1)
+        else:
+            q = F.linear(query, w[:dim], b[:dim])
+            k = F.linear(key, w[dim : 2 * dim], b[dim : 2 * dim])
+            v = F.linear(value, w[2 * dim :], b[2 * dim :])
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # (L, B, d) -> (B, h, L, d/h)
+            return t.reshape(t.shape[0], batch, self.heads, dim // self.heads).permute(1, 2, 0, 3)
+
+        causal = isinstance(mask, str)
+        out = F.scaled_dot_product_attention(
+            heads(q), heads(k), heads(v), attn_mask=None if causal else mask,
+            dropout_p=self.dropout if self.training else 0.0, is_causal=causal,
+        )  # fmt: skip
+        out = out.permute(2, 0, 1, 3).reshape(len_q, batch, dim)  # (Lq, B, d)
+        return self.out_proj(out)
+
+
+class TransformerLayer(nn.Module):
+    """One pre-norm layer: attention block, then a ReLU feed-forward block of width 4d."""
+
+    def __init__(self, dim: int, heads: int, attn_dropout: float, relu_dropout: float, res_dropout: float):
+        super().__init__()
+        self.self_attn = MultiheadAttention(dim, heads, attn_dropout)
+        self.fc1 = nn.Linear(dim, 4 * dim)
+        self.fc2 = nn.Linear(4 * dim, dim)
+        for fc in (self.fc1, self.fc2):
+            nn.init.xavier_uniform_(fc.weight)
+            nn.init.zeros_(fc.bias)
+        self.layer_norms = nn.ModuleList([nn.LayerNorm(dim), nn.LayerNorm(dim)])
+        self.relu_dropout, self.res_dropout = relu_dropout, res_dropout
+
+    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor] | None, mask: torch.Tensor | str | None):
+        norm = self.layer_norms[0]
+        q = norm(x)
+        if kv is None:
+            k = v = q
+        else:
+            k = norm(kv[0])
+            v = k if kv[1] is kv[0] else norm(kv[1])
+        x = x + F.dropout(self.self_attn(q, k, v, mask), self.res_dropout, self.training)
+        h = F.dropout(F.relu(self.fc1(self.layer_norms[1](x))), self.relu_dropout, self.training)
+        return x + F.dropout(self.fc2(h), self.res_dropout, self.training)
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of :class:`TransformerLayer` with input embedding and a final LayerNorm.
+
+    ``forward(x)`` is self-attention; ``forward(x, source)`` is cross-modal
+    attention with queries from ``x (Lq, B, d)`` and keys and values from
+    ``source (Lk, B, d)``. Returns ``(Lq, B, d)``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        layers: int,
+        attn_dropout: float = 0.0,
+        relu_dropout: float = 0.0,
+        res_dropout: float = 0.0,
+        embed_dropout: float = 0.0,
+        attn_mask: bool = True,
+    ) -> None:
+        super().__init__()
+        self.dim, self.embed_dropout, self.attn_mask = dim, embed_dropout, attn_mask
+        self.layers = nn.ModuleList(
+            TransformerLayer(dim, heads, attn_dropout, relu_dropout, res_dropout) for _ in range(layers)
+        )
+        self.layer_norm = nn.LayerNorm(dim)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """``sqrt(d) * x + positions(x)`` (no dropout), ``(T, B, d)``."""
+        pos = sinusoid_positions(feature_positions(x), self.dim).to(x.dtype)
+        return math.sqrt(self.dim) * x + pos
+
+    def forward(self, x: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
+        len_q, len_k = x.shape[0], x.shape[0] if source is None else source.shape[0]
+        mask: torch.Tensor | str | None = None
+        if self.attn_mask:
+            mask = "causal" if len_q == len_k else future_mask(len_q, len_k, x.device)
+        h = F.dropout(self.embed(x), self.embed_dropout, self.training)
+        kv = None
+        if source is not None:
+            src = self.embed(source)
+            # The reference embeds key and value separately: same values, own dropout masks.
+            if self.training and self.embed_dropout > 0:
+                kv = (F.dropout(src, self.embed_dropout, True), F.dropout(src, self.embed_dropout, True))
+            else:
+                kv = (src, src)
+        for layer in self.layers:
+            h = layer(h, kv, mask)
+        return self.layer_norm(h)
