@@ -1,0 +1,37 @@
+# Two commands for a fresh machine (see README):
+#   make book   set up .venv, execute every chapter with papermill, build the Jupyter Book
+#   make test   set up .venv, run the test suite (includes executing the chapters with CI parameters)
+#
+# TORCH is what pip installs for PyTorch before the package. Leave the default on a plain
+# machine; on a machine whose Python already has the torch you want (Colab, a cluster module),
+# run `make TORCH= test` to keep it.
+
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup book test lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(if $(TORCH),$(BIN)/python -m pip install --quiet "$(TORCH)")
+	$(BIN)/python -m pip install --quiet -e ".[book,dev]"
+	touch $(STAMP)
+
+book: setup
+	$(BIN)/python book/build.py
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check dmd_core tests benchmarks book
+	$(BIN)/ruff format --check dmd_core tests benchmarks book
+
+clean:
+	rm -rf _build book/executed runs
