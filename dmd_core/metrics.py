@@ -1,0 +1,104 @@
+"""Regression metrics exactly as MMSA defines them (``/work/shared/spec/mmsa-format.md``).
+
+On the whole split, predictions and labels flattened:
+
+* ``MAE``: mean ``|pred - y|``, unclipped. ``Corr``: Pearson correlation, unclipped.
+* ``Mult_acc_7`` / ``Mult_acc_5``: clip both to ``[-3, 3]`` / ``[-2, 2]``, round half to
+  even (``np.round``), exact-match accuracy.
+* ``Non0_acc_2`` / ``Non0_F1_score``: drop samples whose label is exactly 0; compare
+  ``pred > 0`` with ``y > 0``; F1 weighted by support (``average="weighted"``).
+  DMD's tables call these "Acc-2" and "F1".
+* ``Has0_acc_2`` / ``Has0_F1_score``: compare ``pred >= 0`` with ``y >= 0``; weighted F1.
+
+Every value is rounded to 4 decimals, as MMSA does (``round_to=None`` keeps full precision).
+
+Two cases MMSA leaves undefined, and what we return:
+
+* ``Corr`` of a constant prediction (or constant labels): numpy gives NaN (0/0) and a
+  warning. We return ``0.0``: a constant carries no linear information about the labels,
+  and 0 is a number a table can show, average over seeds and compare (a model that has
+  collapsed to the mean should not make a whole seed summary NaN).
+* Non0 metrics when every label is 0: there is nothing to score; we return NaN and log a
+  warning (real splits always hold non-zero labels).
+
+F1 uses ``zero_division=0``, the value scikit-learn's default ``"warn"`` also returns (MMSA's
+setting), without the warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+
+log = logging.getLogger(__name__)
+
+METRIC_NAMES = (
+    "Has0_acc_2",
+    "Has0_F1_score",
+    "Non0_acc_2",
+    "Non0_F1_score",
+    "Mult_acc_5",
+    "Mult_acc_7",
+    "MAE",
+    "Corr",
+)
+
+
+def _flat(x: torch.Tensor | np.ndarray | list) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(x, dtype=np.float64).reshape(-1)
+
+
+def multiclass_acc(pred: np.ndarray, target: np.ndarray) -> float:
+    """Share of samples whose rounded (half to even) prediction equals the rounded label."""
+    return float(np.mean(np.round(pred) == np.round(target)))
+
+
+def pearson(pred: np.ndarray, target: np.ndarray) -> float:
+    """Pearson correlation; 0.0 when either side is constant (see the module docstring)."""
+    p, t = pred - pred.mean(), target - target.mean()
+    denom = math.sqrt(float(np.dot(p, p)) * float(np.dot(t, t)))
+    if denom == 0.0:
+        return 0.0
+    return float(np.corrcoef(pred, target)[0, 1])
+
+
+def regression_metrics(
+    pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray, round_to: int | None = 4
+) -> dict[str, float]:
+    """MMSA's regression metrics for predictions ``pred`` and labels ``target`` (any shape, N values each).
+
+    Returns a dict with the keys of :data:`METRIC_NAMES`, plain Python floats.
+    """
+    p, t = _flat(pred), _flat(target)
+    if p.shape != t.shape:
+        raise ValueError(f"regression_metrics: pred has {p.size} values, target has {t.size}")
+    if p.size == 0:
+        raise ValueError("regression_metrics: empty prediction")
+    non0 = t != 0
+    if non0.any():
+        truth, guess = t[non0] > 0, p[non0] > 0
+        non0_acc = float(accuracy_score(truth, guess))
+        non0_f1 = float(f1_score(truth, guess, average="weighted", zero_division=0))
+    else:
+        log.warning("regression_metrics: every label is 0, Non0 metrics are undefined (NaN)")
+        non0_acc = non0_f1 = float("nan")
+    truth, guess = t >= 0, p >= 0
+    values = {
+        "Has0_acc_2": float(accuracy_score(truth, guess)),
+        "Has0_F1_score": float(f1_score(truth, guess, average="weighted", zero_division=0)),
+        "Non0_acc_2": non0_acc,
+        "Non0_F1_score": non0_f1,
+        "Mult_acc_5": multiclass_acc(np.clip(p, -2.0, 2.0), np.clip(t, -2.0, 2.0)),
+        "Mult_acc_7": multiclass_acc(np.clip(p, -3.0, 3.0), np.clip(t, -3.0, 3.0)),
+        "MAE": float(np.mean(np.abs(p - t))),
+        "Corr": pearson(p, t),
+    }
+    if round_to is not None:
+        values = {k: round(v, round_to) for k, v in values.items()}
+    return values
