@@ -124,8 +124,14 @@ class DMDConfig:
 
     @property
     def conv_lens(self) -> tuple[int, int, int]:
-        """Time steps after the temporal convolution, ``T_m = L_m - k_m + 1`` (L, V, A)."""
-        return tuple(n - k + 1 for n, k in zip(self.seq_lens, self.kernel_sizes))  # type: ignore[return-value]
+        """Time steps after the temporal projection (L, V, A): ``T_m = L_m - k_m + 1``.
+
+        When a modality already has width ``d`` the projection is skipped (spec section 2) and
+        ``T_m = L_m``.
+        """
+        return tuple(  # type: ignore[return-value]
+            n if dim == self.d else n - k + 1 for n, k, dim in zip(self.seq_lens, self.kernel_sizes, self.feature_dims)
+        )
 
     @property
     def use_bert(self) -> bool:

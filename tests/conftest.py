@@ -1,0 +1,43 @@
+"""Shared test helpers: tiny configs and the reference fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dmd_core.config import DMDConfig
+
+DATA = Path(__file__).parent / "data"
+FIXTURES = DATA / "fixtures"
+FIXTURE_NAMES = ("mosi_aligned_features", "mosi_aligned_bert", "mosi_unaligned_features")
+
+
+def load_fixture(name: str) -> dict:
+    return torch.load(FIXTURES / f"{name}.pt", weights_only=True)
+
+
+def tiny_config(**overrides) -> DMDConfig:
+    """A small DMD (d=8, 2 heads, 1 level) on short sequences; fast enough for any unit test."""
+    fields = dict(
+        seq_lens=(12, 10, 9), feature_dims=(16, 6, 4), d=8, heads=2, nlevels=1, kernel_sizes=(3, 2, 1),
+    )  # fmt: skip
+    fields.update(overrides)
+    return DMDConfig(**fields)
+
+
+def tiny_inputs(cfg: DMDConfig, batch: int = 4, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    (lt, lv, la), (dt, dv, da) = cfg.seq_lens, cfg.feature_dims
+    text = torch.randn(batch, lt, dt, generator=g)
+    vision = torch.randn(batch, lv, dv, generator=g)
+    audio = torch.randn(batch, la, da, generator=g)
+    audio[:, -2:] = 0  # zero tails, as padded data has
+    labels = torch.tensor([-1.0, 0.0, 1.6, 1.6, 2.2, -0.4, 0.0, 3.0])[:batch].reshape(-1, 1)
+    return text, audio, vision, labels
+
+
+@pytest.fixture(params=FIXTURE_NAMES)
+def fixture(request) -> dict:
+    return load_fixture(request.param)
