@@ -205,7 +205,20 @@ def preset(
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The optimisation recipe (spec section 11) plus the knobs a tutorial needs."""
+    """The optimisation recipe (spec section 11) plus the knobs a tutorial needs.
+
+    Recipe: Adam (no weight decay) over the model and both GD-Units; gradients of
+    ``accumulation`` mini-batches are summed (the loss is not divided) and clipped by
+    value to ``grad_clip`` after every backward; ReduceLROnPlateau(``plateau_factor``,
+    ``plateau_patience``) and early stopping (``early_stop`` epochs) on the validation
+    L1 loss. ``max_epochs`` bounds the run for tutorials (None: early stopping only).
+
+    Beyond the recipe: ``leftover_step`` lets the last, incomplete group of mini-batches
+    of an epoch take an optimizer step (the reference drops it; False reproduces that);
+    ``eval_batch_size`` for validation and test (None: ``batch_size``); on CUDA,
+    ``bf16`` autocast and ``tf32`` matmuls; ``compile`` wraps the model in
+    ``torch.compile``.
+    """
 
     batch_size: int = 16
     lr: float = 1e-4
@@ -216,4 +229,32 @@ class TrainConfig:
     early_stop: int = 10
     max_epochs: int | None = None
     seeds: tuple[int, ...] = (1111, 1112, 1113, 1114, 1115)
+    leftover_step: bool = True
+    eval_batch_size: int | None = None
+    bf16: bool = False
+    tf32: bool = True
+    compile: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        for name in ("batch_size", "accumulation", "early_stop"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainConfig.{name}: expected a positive integer, found {getattr(self, name)!r}")
+        if self.max_epochs is not None and self.max_epochs < 0:
+            raise ValueError(f"TrainConfig.max_epochs: expected None or >= 0, found {self.max_epochs!r}")
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed (the config is frozen)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"TrainConfig.from_dict: unknown fields {unknown}")
+        return cls(**data)
