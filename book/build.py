@@ -1,0 +1,231 @@
+"""Execute every chapter with papermill, build the Jupyter Book, and check the result.
+
+    python book/build.py                 # CPU defaults (what `make book` runs)
+    python book/build.py --ci            # small parameters for the test suite
+    python book/build.py -p device=cuda -p paper_scale=true -p data_path=/data/MOSI/aligned_50.pkl
+
+Steps:
+
+1. papermill executes ``notebooks/<name>.ipynb`` in the order of :data:`NOTEBOOKS` into
+   ``book/executed/<name>.ipynb`` (the sources are never written). Every chapter gets the
+   same ``work_dir`` so later chapters find the data file of chapter 1 and the run of
+   chapter 4. A chapter that raises stops the build (the executed copy keeps the error).
+2. ``jupyter-book build . -W -n --keep-going --all`` renders the executed copies (the book
+   executes nothing itself: ``execute_notebooks: "off"``), warnings as errors.
+3. :func:`check_book` fails the build when a code cell was not executed, an output is an
+   error or a traceback, or a page of ``_toc.yml`` has no HTML file.
+
+Timings per chapter go to ``book/executed/timings.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK_DIR = ROOT / "notebooks"
+EXECUTED_DIR = ROOT / "book" / "executed"
+BUILD_DIR = ROOT / "_build"
+NOTEBOOKS = ("01_data", "02_decoupling", "03_graph_distillation", "04_training", "05_edge_analysis")
+
+# Small parameters for CI (`--ci`): a tiny model on a small synthetic file, a few epochs, two seeds.
+CI_COMMON: dict[str, Any] = {
+    "scale": 0.12,
+    "d": 16,
+    "heads": 2,
+    "nlevels": 1,
+    "epochs": 4,
+    "seeds": [1111, 1112],
+}
+CI_PARAMS: dict[str, dict[str, Any]] = {
+    "01_data": {},
+    "02_decoupling": {},
+    "03_graph_distillation": {},
+    "04_training": {},
+    "05_edge_analysis": {},
+}
+
+log = logging.getLogger("book.build")
+
+
+def parse_value(text: str) -> Any:
+    """A ``-p name=value`` value: JSON when it parses (numbers, true/false, null, lists), else a string."""
+    lowered = {"none": "null", "true": "true", "false": "false"}.get(text.lower(), text)
+    try:
+        return json.loads(lowered)
+    except json.JSONDecodeError:
+        return text
+
+
+def chapter_parameters(name: str, ci: bool, work_dir: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The papermill parameters of chapter ``name``: CI values (if asked), work dir, then overrides."""
+    params: dict[str, Any] = {}
+    if ci:
+        params.update(CI_COMMON)
+        params.update(CI_PARAMS.get(name, {}))
+    params["work_dir"] = str(work_dir)
+    params.update(overrides)
+    return params
+
+
+def execute(names: list[str], ci: bool, work_dir: Path, overrides: dict[str, Any], kernel: str | None) -> dict:
+    """Run papermill on each chapter in order; returns ``{name: seconds}``. Raises on the first failure."""
+    import papermill
+
+    EXECUTED_DIR.mkdir(parents=True, exist_ok=True)
+    env_defaults = {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+    }
+    for key, value in env_defaults.items():
+        os.environ.setdefault(key, value)
+    timings = {}
+    for name in names:
+        src, dst = NOTEBOOK_DIR / f"{name}.ipynb", EXECUTED_DIR / f"{name}.ipynb"
+        params = chapter_parameters(name, ci, work_dir, overrides)
+        log.info("executing %s with %s", src.relative_to(ROOT), params)
+        start = time.perf_counter()
+        try:
+            papermill.execute_notebook(
+                str(src), str(dst), parameters=params, cwd=str(ROOT), kernel_name=kernel,
+                progress_bar=False, request_save_on_cell_execute=False,
+            )  # fmt: skip
+        except papermill.PapermillExecutionError as err:
+            raise SystemExit(
+                f"{src.relative_to(ROOT)} raised in cell {err.exec_count}: {err.ename}: {err.evalue}\n"
+                f"(the executed copy with the traceback is {dst.relative_to(ROOT)})"
+            ) from None
+        timings[name] = round(time.perf_counter() - start, 1)
+        log.info("%s executed in %.1f s", name, timings[name])
+    return timings
+
+
+def jupyter_book_build() -> float:
+    """``jupyter-book build`` of the repository root, warnings as errors; returns seconds."""
+    exe = Path(sys.executable).parent / "jupyter-book"
+    cmd = [str(exe) if exe.exists() else (shutil.which("jupyter-book") or "jupyter-book"),
+           "build", str(ROOT), "-W", "-n", "--keep-going", "--all", "--builder", "html"]  # fmt: skip
+    log.info("%s", " ".join(cmd))
+    start = time.perf_counter()
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        sys.stderr.write(result.stdout[-20000:] + result.stderr[-20000:])
+        raise SystemExit(f"jupyter-book build failed (exit {result.returncode}); see the warnings above")
+    return seconds
+
+
+def toc_pages(toc_file: Path = ROOT / "_toc.yml") -> list[str]:
+    """The pages ``_toc.yml`` lists (root first), as paths without suffix."""
+    import yaml
+
+    toc = yaml.safe_load(toc_file.read_text())
+    pages = [toc["root"]]
+
+    def walk(entries: list[dict]) -> None:
+        for entry in entries or []:
+            if "file" in entry:
+                pages.append(entry["file"])
+            walk(entry.get("sections", []))
+            for part in entry.get("parts", []):
+                walk(part.get("chapters", []))
+
+    walk(toc.get("chapters", []))
+    for part in toc.get("parts", []):
+        walk(part.get("chapters", []))
+    return pages
+
+
+def notebook_problems(path: Path) -> list[str]:
+    """What is wrong with an executed notebook: unexecuted code cells, errors, tracebacks in streams."""
+    import nbformat
+
+    problems = []
+    nb = nbformat.read(path, as_version=4)
+    if nb.metadata.get("papermill", {}).get("exception"):
+        problems.append(f"{path.name}: papermill recorded an exception")
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code" or not cell.source.strip():
+            continue
+        if cell.get("execution_count") is None:
+            problems.append(f"{path.name}: code cell {i} was not executed")
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                problems.append(f"{path.name}: cell {i} raised {out.get('ename')}: {out.get('evalue')}")
+            elif out.get("output_type") == "stream" and out.get("name") == "stderr":
+                text = out.get("text", "")
+                if "Traceback" in text or "Error" in text or "Warning" in text:
+                    problems.append(f"{path.name}: cell {i} wrote an error or warning to stderr: {text[:300]!r}")
+    return problems
+
+
+def check_book(html_dir: Path = BUILD_DIR / "html", names: tuple[str, ...] = NOTEBOOKS) -> list[str]:
+    """Every chapter executed without error and every ``_toc.yml`` page rendered to HTML."""
+    problems = []
+    for name in names:
+        path = EXECUTED_DIR / f"{name}.ipynb"
+        if not path.is_file():
+            problems.append(f"{path.relative_to(ROOT)}: missing (chapter not executed)")
+            continue
+        problems += notebook_problems(path)
+    for page in toc_pages():
+        html = html_dir / f"{page}.html"
+        if not html.is_file():
+            problems.append(f"{html}: missing (page of _toc.yml not rendered)")
+            continue
+        text = html.read_text(encoding="utf-8")
+        if "Traceback (most recent call last)" in text:
+            problems.append(f"{html}: shows a traceback")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ci", action="store_true", help="small CI parameters (tiny model, small data, 4 epochs)")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="folder shared by the chapters for data and runs (default runs/book, with --ci runs/book-ci)")  # fmt: skip
+    parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                        help="set a notebook parameter in every chapter (repeatable), e.g. -p device=cuda")  # fmt: skip
+    parser.add_argument("--only", nargs="+", choices=NOTEBOOKS, help="execute only these chapters")
+    parser.add_argument("--no-execute", action="store_true", help="build and check the executed copies as they are")
+    parser.add_argument("--no-build", action="store_true", help="execute the chapters only")
+    parser.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebooks' own)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+    overrides = {}
+    for item in args.param:
+        name, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--param expects NAME=VALUE, found {item!r}")
+        overrides[name.strip()] = parse_value(value.strip())
+    work_dir = args.work_dir or ROOT / ("runs/book-ci" if args.ci else "runs/book")
+    timings: dict[str, Any] = {}
+    if not args.no_execute:
+        timings = execute(list(args.only or NOTEBOOKS), args.ci, work_dir.resolve(), overrides, args.kernel)
+    if not args.no_build:
+        timings["jupyter-book build"] = round(jupyter_book_build(), 1)
+        problems = check_book()
+        if problems:
+            print("\n".join(["book check failed:", *problems]), file=sys.stderr)
+            return 1
+        log.info("book built and checked: %s", BUILD_DIR / "html" / "index.html")
+    if timings:
+        EXECUTED_DIR.mkdir(parents=True, exist_ok=True)
+        (EXECUTED_DIR / "timings.json").write_text(json.dumps({"ci": args.ci, "seconds": timings}, indent=2) + "\n")
+        log.info("timings (s): %s", timings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,382 @@
+"""Figures for the book: one colour per modality, the same in every chapter.
+
+Every function draws on a Matplotlib ``Axes`` it is given (or a new figure)
+and returns the ``Figure``, so a notebook can ``glue`` it with a caption.
+Nothing here computes results: the numbers come from :mod:`dmd_core.analysis`
+or from a run folder.
+
+* :data:`PALETTE`: modality -> colour (Okabe-Ito, readable by colour-blind
+  readers). :func:`edge_style` derives an edge's colour from its teacher.
+* :func:`architecture`: our own drawing of the DMD network.
+* :func:`edge_curves`: the paper's edge figure (six normalised edges against
+  epochs); :func:`edge_graph`: the mean graph as a directed graph whose edge
+  widths are the weights.
+* Smaller helpers for label histograms, bar charts, heatmaps and loss curves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch
+
+from .config import MODALITIES
+from .distill import EDGE_NAMES
+
+# One colour per modality (Okabe-Ito): language blue, vision green, audio vermillion.
+PALETTE: dict[str, str] = {"L": "#0072B2", "V": "#009E73", "A": "#D55E00"}
+NEUTRAL = "#7F7F7F"  # shared / modality-free things (the shared encoder, the fusion)
+MODALITY_NAMES: dict[str, str] = {"L": "language", "V": "vision", "A": "audio"}
+STUDENT_LINESTYLE: dict[str, str] = {"L": "-", "V": "--", "A": ":"}
+
+
+def set_style() -> None:
+    """The book's Matplotlib defaults (white grid, readable sizes, tight layout)."""
+    plt.rcParams.update({
+        "figure.dpi": 110, "savefig.dpi": 110, "figure.autolayout": False, "figure.constrained_layout.use": True,
+        "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False,
+        "font.size": 10, "axes.titlesize": 11, "legend.frameon": False,
+    })  # fmt: skip
+
+
+def edge_parts(edge: str) -> tuple[str, str]:
+    """``"L->V"`` -> ``("L", "V")`` (teacher, student)."""
+    teacher, student = edge.split("->")
+    if teacher not in PALETTE or student not in PALETTE:
+        raise ValueError(f"edge_parts: expected an edge such as 'L->V', found {edge!r}")
+    return teacher, student
+
+
+def edge_style(edge: str) -> dict[str, str]:
+    """Line style of an edge: the teacher's colour, a dash pattern per student."""
+    teacher, student = edge_parts(edge)
+    return {"color": PALETTE[teacher], "linestyle": STUDENT_LINESTYLE[student]}
+
+
+def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize)
+        return fig, ax
+    return ax.figure, ax  # type: ignore[return-value]
+
+
+def _spread(values: Sequence[float], gap: float) -> np.ndarray:
+    """Move sorted label positions apart so that neighbours are at least ``gap`` apart."""
+    values = np.asarray(values, dtype=float)
+    order = np.argsort(values)
+    out = values[order].copy()
+    for i in range(1, len(out)):
+        out[i] = max(out[i], out[i - 1] + gap)
+    shift = (out - values[order]).mean()  # re-centre so labels stay near their lines
+    out -= shift
+    result = np.empty_like(out)
+    result[order] = out
+    return result
+
+
+# --------------------------------------------------------------------------- architecture
+
+
+def _box(ax: Axes, x: float, y: float, w: float, h: float, text: str, color: str, fill: float = 0.18,
+         fontsize: float = 8.5, style: str = "-") -> None:  # fmt: skip
+    face = (*plt.matplotlib.colors.to_rgb(color), fill)
+    ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.02,rounding_size=0.08", linewidth=1.2,
+                                edgecolor=color, facecolor=face, linestyle=style))  # fmt: skip
+    ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=fontsize)
+
+
+def _arrow(ax: Axes, start: tuple[float, float], end: tuple[float, float], color: str = "black",
+           style: str = "-", rad: float = 0.0, width: float = 1.0) -> None:  # fmt: skip
+    ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=9, color=color, linewidth=width,
+                                 linestyle=style, connectionstyle=f"arc3,rad={rad}", shrinkA=1, shrinkB=1))  # fmt: skip
+
+
+def architecture(ax: Axes | None = None) -> Figure:
+    """Our drawing of DMD: projection, decoupling, the two branches with their GD-Units, fusion.
+
+    Rows are the modalities (L, V, A, in :data:`PALETTE` colours); grey boxes
+    belong to no single modality. The three grey "shared" boxes are one encoder
+    (the same weights). Dashed: used only by the losses.
+    """
+    fig, ax = _axes(ax, (11, 5.8))
+    ax.set_xlim(-0.1, 15.0)
+    ax.set_ylim(-0.9, 7.3)
+    ax.axis("off")
+    ax.grid(False)
+    rows = {"L": 5.8, "V": 3.6, "A": 1.4}  # centre line of each modality's row
+    inputs = {"L": "language\nBERT / text features", "V": "vision\nfacial features", "A": "audio\nacoustic features"}
+    hetero_y = {"L": 6.0, "V": 5.45, "A": 4.9}
+    for i, (m, y) in enumerate(rows.items()):
+        c = PALETTE[m]
+        _box(ax, 0.0, y - 0.4, 1.8, 0.8, inputs[m], c)
+        _box(ax, 2.2, y - 0.4, 1.4, 0.8, f"temporal Conv1d\n$x_{m}$", c, fontsize=8)
+        _arrow(ax, (1.8, y), (2.2, y), c)
+        _box(ax, 4.2, y + 0.15, 1.4, 0.55, f"private $E_{m}$: $s_{m}$", c, fontsize=8)
+        _box(ax, 4.2, y - 0.75, 1.4, 0.55, f"shared $E_c$: $c_{m}$", NEUTRAL, fontsize=8)
+        _arrow(ax, (3.6, y + 0.1), (4.2, y + 0.42), c)
+        _arrow(ax, (3.6, y - 0.1), (4.2, y - 0.47), c)
+        _arrow(ax, (5.6, y + 0.42), (6.8, hetero_y[m]), c, width=0.9)
+        _arrow(ax, (5.6, y - 0.47), (6.6, 2.45 - 0.35 * i), NEUTRAL, width=0.9)
+    ax.text(4.9, rows["A"] - 1.0, "the grey $E_c$ boxes are one\nencoder (the same weights)", ha="center",
+            va="center", fontsize=7, color="#555555")  # fmt: skip
+    ax.text(0.0, -0.6, "decoders $D_m([s_m, c_m]) \\approx x_m$ and $E_m(D_m(\\cdot)) \\approx s_m$: "
+            "reconstruction and cycle losses;\northogonality between $s_m$ and $c_m$; margin loss on $c_m$",
+            fontsize=7.5, style="italic", va="center",
+            bbox=dict(boxstyle="round", facecolor="white", edgecolor=NEUTRAL, linestyle="--"))  # fmt: skip
+    # Heterogeneous branch on private features.
+    _box(ax, 6.6, 3.9, 3.2, 3.1, "", NEUTRAL, fill=0.06)
+    ax.text(8.2, 6.65, "heterogeneous branch (on $s_m$)", ha="center", fontsize=8.5, weight="bold")
+    for m in MODALITIES:
+        a, b = (n for n in MODALITIES if n != m)
+        _box(ax, 6.8, hetero_y[m] - 0.21, 2.8, 0.42, f"cross-modal Transformers {m} ← {a}, {b}", PALETTE[m],
+             fontsize=7.2)  # fmt: skip
+    _box(ax, 6.8, 4.05, 2.8, 0.45, "HeteroGD-Unit\n(prior: L→V, L→A, V→A)", NEUTRAL, fill=0.3, fontsize=7.2)
+    # Homogeneous branch on shared features.
+    _box(ax, 6.6, 0.0, 3.2, 3.4, "", NEUTRAL, fill=0.06)
+    ax.text(8.2, 3.08, "homogeneous branch (on $c_m$)", ha="center", fontsize=8.5, weight="bold")
+    for i, m in enumerate(MODALITIES):
+        _box(ax, 6.8 + 0.95 * i, 2.2, 0.85, 0.55, f"head $c_{m}$", PALETTE[m], fontsize=7.2)
+    _box(ax, 6.8, 1.35, 2.8, 0.5, "HomoGD-Unit\n(prior: L→V, L→A)", NEUTRAL, fill=0.3, fontsize=7.2)
+    _box(ax, 6.8, 0.15, 2.8, 0.85, "self-attention per modality,\nlast step, concatenated: $c_f$", NEUTRAL,
+         fontsize=7.5)  # fmt: skip
+    # Fusion and prediction.
+    _box(ax, 10.6, 2.7, 1.9, 1.6, "fusion of\n$\\sigma(g_L), \\sigma(g_V),$\n$\\sigma(g_A), \\sigma(c_f)$", NEUTRAL)
+    _arrow(ax, (9.8, 5.4), (11.2, 4.3), NEUTRAL)
+    _arrow(ax, (9.8, 0.6), (11.2, 2.7), NEUTRAL)
+    _box(ax, 13.1, 3.15, 1.2, 0.7, "$\\hat y$", "black", fill=0.05, fontsize=12)
+    _arrow(ax, (12.5, 3.5), (13.1, 3.5))
+    ax.text(10.6, 0.1, "task loss: L1 on 8 predictions\n($\\hat y$, 3 homo, 3 hetero, $c_f$ head)\n"
+            "GD losses: edge-weighted\ndistillation + prior regulariser", fontsize=7.5, style="italic",
+            bbox=dict(boxstyle="round", facecolor="white", edgecolor=NEUTRAL, linestyle="--"))  # fmt: skip
+    return fig
+
+
+# --------------------------------------------------------------------------- data
+
+
+def label_histogram(labels: Mapping[str, np.ndarray], ax: Axes | None = None, bins: int = 25) -> Figure:
+    """Histograms of the sentiment labels per split (``{"train": (N,), ...}``), as densities."""
+    fig, ax = _axes(ax, (6.5, 3.2))
+    edges = np.linspace(-3, 3, bins + 1)
+    colors = dict(zip(labels, ["#444444", "#999999", "#CC79A7", "#E69F00"]))
+    for name, y in labels.items():
+        ax.hist(np.asarray(y).ravel(), bins=edges, density=True, histtype="step", linewidth=1.6,
+                label=f"{name} (n={len(y)})", color=colors[name])  # fmt: skip
+    ax.set_xlabel("sentiment label")
+    ax.set_ylabel("density")
+    ax.legend()
+    return fig
+
+
+def modality_bars(table: pd.DataFrame, metric: str, ax: Axes | None = None, reference: float | None = None,
+                  reference_label: str = "predict the mean") -> Figure:  # fmt: skip
+    """Bar chart of ``table[metric]`` with one bar per row; rows named by modality get its colour.
+
+    ``table`` is indexed by modality (``"L"``, ``"V"``, ``"A"``, or anything else,
+    drawn grey). ``reference`` draws a dashed baseline.
+    """
+    fig, ax = _axes(ax, (4.5, 3.0))
+    names = [str(i) for i in table.index]
+    colors = [PALETTE.get(n, NEUTRAL) for n in names]
+    labels = [MODALITY_NAMES.get(n, n) for n in names]
+    ax.bar(labels, table[metric].to_numpy(), color=colors)
+    for i, v in enumerate(table[metric].to_numpy()):
+        ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+    if reference is not None:
+        ax.axhline(reference, color="black", linestyle="--", linewidth=1, label=reference_label)
+        ax.legend(loc="lower right")
+    ax.set_ylabel(metric)
+    return fig
+
+
+# --------------------------------------------------------------------------- decoupling
+
+
+def similarity_heatmaps(matrices: Mapping[str, pd.DataFrame], vmin: float = -1.0, vmax: float = 1.0) -> Figure:
+    """Side-by-side annotated heatmaps (e.g. before and after training) of square similarity tables."""
+    fig, axes = plt.subplots(1, len(matrices), figsize=(4.3 * len(matrices), 3.9))
+    axes = np.atleast_1d(axes)
+    for ax, (title, mat) in zip(axes, matrices.items()):
+        im = ax.imshow(mat.to_numpy(), vmin=vmin, vmax=vmax, cmap="RdBu_r")
+        ax.set_xticks(range(mat.shape[1]), mat.columns, rotation=45, ha="right")
+        ax.set_yticks(range(mat.shape[0]), mat.index)
+        for (i, j), v in np.ndenumerate(mat.to_numpy()):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7.5,
+                    color="white" if abs(v) > 0.6 * vmax else "black")  # fmt: skip
+        ax.set_title(title)
+        ax.grid(False)
+    fig.colorbar(im, ax=list(axes), shrink=0.8, label="cosine similarity")
+    return fig
+
+
+# --------------------------------------------------------------------------- graph distillation
+
+
+def edges_heatmap(edges: np.ndarray, ax: Axes | None = None, title: str = "", prior: Sequence[float] | None = None,
+                  max_samples: int = 32) -> Figure:  # fmt: skip
+    """Normalised edges ``(6, B)`` of one batch as a heatmap, one column per sample.
+
+    ``prior`` (six values) adds a column ``prior`` on the right for comparison.
+    """
+    edges = np.asarray(edges)[:, :max_samples]
+    fig, ax = _axes(ax, (7.5, 2.6))
+    data = edges if prior is None else np.concatenate([edges, np.full((6, 1), np.nan), np.asarray(prior)[:, None]], 1)
+    im = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0)
+    ax.set_yticks(range(6), EDGE_NAMES)
+    for tick, edge in zip(ax.get_yticklabels(), EDGE_NAMES):
+        tick.set_color(PALETTE[edge_parts(edge)[0]])
+    ticks = list(range(0, edges.shape[1], max(1, edges.shape[1] // 8)))
+    labels = [str(t) for t in ticks]
+    if prior is not None:
+        ticks.append(data.shape[1] - 1)
+        labels.append("prior")
+    ax.set_xticks(ticks, labels)
+    ax.set_xlabel("sample in the batch")
+    ax.set_title(title)
+    ax.grid(False)
+    fig.colorbar(im, ax=ax, label="edge weight")
+    return fig
+
+
+def edge_curves(edges: Mapping[str, pd.DataFrame], priors: Mapping[str, Sequence[float]] | None = None,
+                sharey: bool = True, figsize: tuple[float, float] | None = None) -> Figure:  # fmt: skip
+    """The paper's edge figure: the six mean normalised edges against the epoch, one panel per GD-Unit.
+
+    ``edges``: panel title -> DataFrame indexed by epoch with columns :data:`EDGE_NAMES`.
+    ``priors``: panel title -> the unit's prior (six values), drawn as ticks on
+    the right edge. A dotted line marks 1/6, where every edge starts.
+    """
+    n = len(edges)
+    fig, axes = plt.subplots(1, n, figsize=figsize or (5.2 * n, 3.6), sharey=sharey)
+    axes = np.atleast_1d(axes)
+    for ax, (title, frame) in zip(axes, edges.items()):
+        epochs = frame.index.to_numpy()
+        for edge in EDGE_NAMES:
+            ax.plot(epochs, frame[edge].to_numpy(), linewidth=1.8, label=edge, **edge_style(edge))
+        ax.axhline(1 / 6, color="black", linestyle=":", linewidth=0.8)
+        ends = _spread([frame[e].iloc[-1] for e in EDGE_NAMES], gap=0.018)
+        for edge, y in zip(EDGE_NAMES, ends):
+            ax.annotate(edge, (epochs[-1], y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8,
+                        color=PALETTE[edge_parts(edge)[0]])  # fmt: skip
+        if priors is not None and title in priors:
+            for edge, p in zip(EDGE_NAMES, priors[title]):
+                ax.plot([1.0], [p], marker="<", color=PALETTE[edge_parts(edge)[0]], transform=ax.get_yaxis_transform(),
+                        clip_on=False, markersize=5)  # fmt: skip
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.margins(x=0.12)
+    axes[0].set_ylabel("mean normalised edge weight")
+    axes[-1].legend(loc="upper left", fontsize=7.5, ncol=2)
+    return fig
+
+
+def edge_graph(weights: Mapping[str, float] | Sequence[float], ax: Axes | None = None, title: str = "",
+               max_width: float = 9.0, scale: float | None = None) -> Figure:  # fmt: skip
+    """The mean graph as a directed graph: nodes L, V, A; arrow ``i -> j`` of width proportional to its weight.
+
+    ``weights``: six values in :data:`EDGE_NAMES` order, or a mapping edge -> weight.
+    Arrows take the teacher's colour and are labelled with their weight.
+    ``scale``: the weight drawn at ``max_width`` (defaults to the largest weight).
+    """
+    if not isinstance(weights, Mapping):
+        weights = dict(zip(EDGE_NAMES, [float(w) for w in weights]))
+    fig, ax = _axes(ax, (3.6, 3.4))
+    pos = {"L": (0.0, 1.0), "V": (-0.95, -0.6), "A": (0.95, -0.6)}
+    scale = scale or max(weights.values())
+    for m, (x, y) in pos.items():
+        ax.add_patch(Circle((x, y), 0.25, facecolor=PALETTE[m], edgecolor="white", zorder=3))
+        ax.text(x, y, m, ha="center", va="center", color="white", fontsize=13, weight="bold", zorder=4)
+    rad = 0.22
+    for edge in EDGE_NAMES:
+        teacher, student = edge_parts(edge)
+        (x1, y1), (x2, y2) = pos[teacher], pos[student]
+        w = weights[edge]
+        ax.add_patch(FancyArrowPatch((x1, y1), (x2, y2), connectionstyle=f"arc3,rad={rad}", arrowstyle="-|>",
+                                     mutation_scale=10 + 2 * max_width * w / scale, linewidth=max(0.4, max_width * w / scale),
+                                     color=PALETTE[teacher], shrinkA=20, shrinkB=20, alpha=0.85, zorder=2))  # fmt: skip
+        # Label at the middle of the quadratic Bezier curve (matplotlib's arc3 control point).
+        dx, dy = x2 - x1, y2 - y1
+        lx, ly = (x1 + x2) / 2 + 0.5 * rad * dy * 1.5, (y1 + y2) / 2 - 0.5 * rad * dx * 1.5
+        ax.text(lx, ly, f"{w:.2f}", ha="center", va="center", fontsize=8, color=PALETTE[teacher],
+                bbox=dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none", alpha=0.8), zorder=5)  # fmt: skip
+    ax.set_xlim(-1.45, 1.45)
+    ax.set_ylim(-1.1, 1.45)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.grid(False)
+    ax.set_title(title)
+    return fig
+
+
+def grouped_edge_bars(table: pd.DataFrame, ax: Axes | None = None, title: str = "") -> Figure:
+    """Bars of the six edges (columns :data:`EDGE_NAMES`) for each row of ``table`` (e.g. sentiment classes)."""
+    fig, ax = _axes(ax, (7.0, 3.0))
+    groups = list(table.index)
+    width = 0.8 / len(EDGE_NAMES)
+    x = np.arange(len(groups))
+    for k, edge in enumerate(EDGE_NAMES):
+        teacher, student = edge_parts(edge)
+        ax.bar(x + (k - 2.5) * width, table[edge].to_numpy(), width, label=edge, color=PALETTE[teacher],
+               hatch={"L": "", "V": "//", "A": ".."}[student], edgecolor="white")  # fmt: skip
+    ax.axhline(1 / 6, color="black", linestyle=":", linewidth=0.8)
+    ax.set_xticks(x, [str(g) for g in groups])
+    ax.set_ylabel("mean edge weight")
+    ax.set_title(title)
+    ax.legend(ncol=3, fontsize=7.5, loc="upper right")
+    return fig
+
+
+def attention_map(weights: np.ndarray, target: str, source: str, ax: Axes | None = None) -> Figure:
+    """Cross-modal attention ``(T_target, T_source)``: which source steps each target step reads."""
+    fig, ax = _axes(ax, (4.2, 3.6))
+    im = ax.imshow(np.asarray(weights), aspect="auto", cmap="magma", origin="lower")
+    ax.set_xlabel(f"{MODALITY_NAMES[source]} time step (key/value)", color=PALETTE[source])
+    ax.set_ylabel(f"{MODALITY_NAMES[target]} time step (query)", color=PALETTE[target])
+    ax.set_title(f"{target} ← {source}")
+    ax.grid(False)
+    fig.colorbar(im, ax=ax, label="attention weight")
+    return fig
+
+
+# --------------------------------------------------------------------------- training
+
+
+def loss_curves(history: pd.DataFrame, parts: Sequence[str], prefix: str = "train_", ncols: int = 4,
+                valid: str | None = None) -> Figure:  # fmt: skip
+    """Small multiples: one panel per loss part (column ``prefix + part``) against the epoch.
+
+    ``valid`` names a validation column drawn in the first panel beside the task loss.
+    """
+    parts = [p for p in parts if prefix + p in history]
+    nrows = int(np.ceil(len(parts) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.9 * ncols, 2.2 * nrows), squeeze=False)
+    epochs = history["epoch"] if "epoch" in history else history.index
+    for ax, part in zip(axes.ravel(), parts):
+        ax.plot(epochs, history[prefix + part], color="black", linewidth=1.5, label="train")
+        if valid is not None and part == parts[0] and valid in history:
+            ax.plot(epochs, history[valid], color=NEUTRAL, linestyle="--", label=valid)
+            ax.legend(fontsize=7)
+        ax.set_title(part, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in axes.ravel()[len(parts) :]:
+        ax.axis("off")
+    fig.supxlabel("epoch", fontsize=9)
+    return fig
+
+
+def seed_curves(histories: Mapping[str, pd.DataFrame], column: str, ax: Axes | None = None,
+                ylabel: str | None = None) -> Figure:  # fmt: skip
+    """One line per seed of ``column`` against the epoch."""
+    fig, ax = _axes(ax, (4.8, 3.0))
+    for name, history in histories.items():
+        epochs = history["epoch"] if "epoch" in history else history.index
+        ax.plot(epochs, history[column], marker="o", markersize=3, label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel or column)
+    ax.legend(fontsize=7.5)
+    return fig
