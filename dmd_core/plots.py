@@ -46,8 +46,8 @@ def set_style() -> None:
 
 def edge_parts(edge: str) -> tuple[str, str]:
     """``"L->V"`` -> ``("L", "V")`` (teacher, student)."""
-    teacher, student = edge.split("->")
-    if teacher not in PALETTE or student not in PALETTE:
+    teacher, _, student = edge.partition("->")
+    if teacher not in PALETTE or student not in PALETTE or teacher == student:
         raise ValueError(f"edge_parts: expected an edge such as 'L->V', found {edge!r}")
     return teacher, student
 
@@ -191,6 +191,23 @@ def modality_bars(table: pd.DataFrame, metric: str, ax: Axes | None = None, refe
         ax.axhline(reference, color="black", linestyle="--", linewidth=1, label=reference_label)
         ax.legend(loc="lower right")
     ax.set_ylabel(metric)
+    return fig
+
+
+def feature_norms(series: Mapping[str, Mapping[str, np.ndarray]], ylabel: str = "feature norm") -> Figure:
+    """One panel per layout (e.g. aligned, unaligned): each modality's feature norm over time for one sample.
+
+    Zero norms are padding (and, in aligned files, the ``[CLS]``/``[SEP]`` positions).
+    """
+    fig, axes = plt.subplots(1, len(series), figsize=(5.0 * len(series), 2.8), squeeze=False)
+    for ax, (title, norms) in zip(axes[0], series.items()):
+        for m, values in norms.items():
+            ax.plot(np.arange(len(values)), values, color=PALETTE[m], linewidth=1.3,
+                    label=f"{MODALITY_NAMES[m]} ({len(values)} steps)")  # fmt: skip
+        ax.set_title(title)
+        ax.set_xlabel("time step")
+        ax.legend(fontsize=7.5)
+    axes[0][0].set_ylabel(ylabel)
     return fig
 
 

@@ -1,0 +1,115 @@
+"""The book's figures: one colour per modality everywhere, and each figure draws what it says."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.colors as mcolors  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.patches import FancyArrowPatch  # noqa: E402
+
+from dmd_core import plots  # noqa: E402
+from dmd_core.distill import EDGE_NAMES  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _same_color(a, b) -> bool:
+    return np.allclose(mcolors.to_rgba(a), mcolors.to_rgba(b))
+
+
+def test_palette_has_one_distinct_colour_per_modality():
+    assert set(plots.PALETTE) == {"L", "V", "A"}
+    assert len({mcolors.to_hex(c) for c in plots.PALETTE.values()}) == 3
+    assert plots.NEUTRAL not in plots.PALETTE.values()
+
+
+def test_edge_style_takes_the_teachers_colour_and_a_dash_per_student():
+    for edge in EDGE_NAMES:
+        teacher, student = edge.split("->")
+        style = plots.edge_style(edge)
+        assert style["color"] == plots.PALETTE[teacher]
+        assert style["linestyle"] == plots.STUDENT_LINESTYLE[student]
+    assert len({tuple(plots.edge_style(e).values()) for e in EDGE_NAMES}) == 6
+
+
+def test_edge_parts_rejects_names_that_are_not_edges():
+    with pytest.raises(ValueError, match="L->V"):
+        plots.edge_parts("L-V")
+
+
+def test_spread_keeps_labels_apart_and_near_their_values():
+    out = plots._spread([0.2, 0.201, 0.5], gap=0.02)
+    assert out[1] - out[0] >= 0.02 - 1e-12
+    assert abs(out[2] - 0.5) < 0.02
+
+
+def test_architecture_names_every_modality_and_both_gd_units():
+    fig = plots.architecture()
+    texts = " ".join(t.get_text() for t in fig.axes[0].texts)
+    for word in ("language", "vision", "audio", "HomoGD", "HeteroGD", "fusion", "private", "shared"):
+        assert word in texts
+
+
+def test_edge_curves_draw_six_coloured_edges_per_unit_and_the_uniform_line():
+    epochs = np.arange(1, 6)
+    frame = pd.DataFrame({e: np.linspace(1 / 6, 0.1 + 0.05 * k, 5) for k, e in enumerate(EDGE_NAMES)}, index=epochs)
+    fig = plots.edge_curves({"HomoGD": frame, "HeteroGD": frame}, priors={"HomoGD": [0.1] * 6})
+    assert len(fig.axes) == 2
+    for ax in fig.axes:
+        edge_lines = [line for line in ax.lines if line.get_label() in EDGE_NAMES]
+        assert [line.get_label() for line in edge_lines] == list(EDGE_NAMES)
+        for line in edge_lines:
+            assert _same_color(line.get_color(), plots.edge_style(line.get_label())["color"])
+            np.testing.assert_allclose(line.get_ydata(), frame[line.get_label()].to_numpy())
+        assert any(np.allclose(line.get_ydata(), 1 / 6) for line in ax.lines if line.get_label() not in EDGE_NAMES)
+
+
+def test_edge_graph_arrow_widths_follow_the_weights():
+    weights = [0.05, 0.10, 0.30, 0.05, 0.40, 0.10]
+    fig = plots.edge_graph(weights, title="HomoGD")
+    arrows = [p for p in fig.axes[0].patches if isinstance(p, FancyArrowPatch)]
+    assert len(arrows) == 6
+    widths = [a.get_linewidth() for a in arrows]
+    assert np.argmax(widths) == int(np.argmax(weights))
+    assert widths[4] > widths[2] > widths[1] > widths[0]
+    labels = {t.get_text() for t in fig.axes[0].texts}
+    assert {"0.40", "0.30", "L", "V", "A"} <= labels
+
+
+def test_edge_graph_accepts_a_mapping():
+    fig = plots.edge_graph(dict(zip(EDGE_NAMES, [1 / 6] * 6)))
+    assert sum(isinstance(p, FancyArrowPatch) for p in fig.axes[0].patches) == 6
+
+
+def test_similarity_heatmaps_annotate_every_cell():
+    mat = pd.DataFrame(np.eye(3), index=list("abc"), columns=list("abc"))
+    fig = plots.similarity_heatmaps({"before": mat, "after": mat * 0.5})
+    assert sum(len(ax.texts) for ax in fig.axes[:2]) == 18
+
+
+def test_small_figures_draw_without_error():
+    rng = np.random.default_rng(0)
+    plots.label_histogram({"train": rng.uniform(-3, 3, 50), "test": rng.uniform(-3, 3, 20)})
+    table = pd.DataFrame({"MAE": [0.5, 0.9, 1.1, 0.4]}, index=["L", "V", "A", "all"])
+    fig = plots.modality_bars(table, "MAE", reference=1.2)
+    assert [_same_color(p.get_facecolor(), plots.PALETTE[m]) for p, m in zip(fig.axes[0].patches, "LVA")] == [True] * 3
+    plots.edges_heatmap(rng.dirichlet(np.ones(6), 10).T, prior=[1 / 6] * 6)
+    plots.grouped_edge_bars(pd.DataFrame([[1 / 6] * 6] * 2, columns=EDGE_NAMES, index=["negative", "positive"]))
+    plots.attention_map(rng.random((5, 7)), "L", "A")
+    history = pd.DataFrame(
+        {"epoch": [1, 2, 3], "train_task": [3, 2, 1], "train_recon": [1, 1, 1], "valid_loss": [2, 1, 1]}
+    )
+    fig = plots.loss_curves(history, ["task", "recon", "missing"], valid="valid_loss")
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["task", "recon"]
+    plots.seed_curves({"seed 1": history, "seed 2": history}, "valid_loss")
+    plots.feature_norms({"aligned": {m: rng.random(50) for m in "LVA"}})
