@@ -241,8 +241,8 @@ class TrainConfig:
         for name in ("batch_size", "accumulation", "early_stop"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name}: expected a positive integer, found {getattr(self, name)!r}")
-        if self.max_epochs is not None and self.max_epochs < 0:
-            raise ValueError(f"TrainConfig.max_epochs: expected None or >= 0, found {self.max_epochs!r}")
+        if self.max_epochs is not None and self.max_epochs < 1:
+            raise ValueError(f"TrainConfig.max_epochs: expected None or >= 1, found {self.max_epochs!r}")
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed (the config is frozen)."""
