@@ -306,6 +306,17 @@ class RunResult:
         return runs.load_run(self.run_dir)
 
 
+def unused_parameters(model: DMD) -> list[nn.Parameter]:
+    """Parameters no loss reaches: the reference's unused projections of ``s_m`` (kept so that its
+    checkpoints load), a temporal projection skipped because ``d_in == d``, and a BERT that is not
+    fine-tuned. The trainer freezes them (``requires_grad=False``), which changes no number."""
+    unused = list(model.private_proj.parameters())
+    unused += [p for m, skip in model.skip_proj.items() if skip for p in model.proj[m].parameters()]
+    if model.text_encoder is not None and not model.text_encoder.finetune:
+        unused += list(model.text_encoder.parameters())
+    return unused
+
+
 # Fields of TrainConfig that may change when a run is resumed.
 RESUMABLE_CHANGES = ("max_epochs", "seeds", "eval_batch_size", "compile", "extra")
 
@@ -346,6 +357,8 @@ class Trainer:
         # Everything random below (initial weights) follows from the seed.
         seed_everything(self.seed)
         self.model = DMD(model_config).to(self.device)
+        for p in unused_parameters(self.model):
+            p.requires_grad_(False)  # no loss reaches them: DDP must not wait for their gradients
         self.generator = torch.Generator().manual_seed(self.seed)  # train shuffling
         self.forward = self._wrap(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -364,9 +377,9 @@ class Trainer:
         forward: nn.Module = model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            # static_graph: some parameters never receive a gradient (the unused private projections,
-            # a frozen BERT); DDP learns that in the first iteration.
-            forward = nn.parallel.DistributedDataParallel(model, device_ids=ids, static_graph=True)
+            # Every trainable parameter gets a gradient at every step (see unused_parameters), so plain DDP
+            # works: gradients are averaged over ranks after each backward, also within an accumulation group.
+            forward = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         if self.tcfg.compile:
             forward = torch.compile(forward)
         return forward
