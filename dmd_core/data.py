@@ -258,8 +258,13 @@ def _allowed(module: str, name: str) -> bool:
     if module == "torch":
         return name.endswith("Storage") or name in ("Size", "device") or isinstance(getattr(torch, name, None),
                                                                                    torch.dtype)  # fmt: skip
-    return (module, name) in {("collections", "OrderedDict"), ("collections", "defaultdict"),
-                              ("_codecs", "encode"), ("copyreg", "_reconstructor"), ("copy_reg", "_reconstructor")}
+    return (module, name) in {
+        ("collections", "OrderedDict"),
+        ("collections", "defaultdict"),
+        ("_codecs", "encode"),
+        ("copyreg", "_reconstructor"),
+        ("copy_reg", "_reconstructor"),
+    }
 
 
 class _Spill:
@@ -508,8 +513,13 @@ def _prepare_split(path: Path, name: str, raw: Any, alloc: _Allocator) -> _Prepa
     labels = labels.astype(np.float32)
     if not np.all(np.isfinite(labels)):
         bad = np.flatnonzero(~np.isfinite(labels))
-        raise DataFormatError(path, name, "regression_labels", expected="finite sentiment labels",
-                              found=f"{len(bad)} NaN/infinite labels (first at index {bad[0]}: {labels[bad[0]]})")
+        raise DataFormatError(
+            path,
+            name,
+            "regression_labels",
+            expected="finite sentiment labels",
+            found=f"{len(bad)} NaN/infinite labels (first at index {bad[0]}: {labels[bad[0]]})",
+        )
     arrays: dict[str, np.ndarray] = {"labels": labels}
     dims = {"audio": "(N, T_a, d_a)", "vision": "(N, T_v, d_v)", "text": "(N, L, d_t)", "text_bert": "(N, 3, L)"}
     shaped = {k: _numeric(path, name, k, raw[k], 3, dims[k]) for k in dims if k in raw}
@@ -556,8 +566,13 @@ def _lengths(path: Path, split: str, key: str, value: Any, total: int) -> np.nda
     arr = arr.astype(np.int64)
     bad = np.flatnonzero((arr < 1) | (arr > total))
     if len(bad):
-        raise DataFormatError(path, split, key, expected=f"lengths in [1, {total}] (the padded sequence length)",
-                              found=f"{len(bad)} out of range, e.g. {int(arr[bad[0]])} at index {bad[0]}")
+        raise DataFormatError(
+            path,
+            split,
+            key,
+            expected=f"lengths in [1, {total}] (the padded sequence length)",
+            found=f"{len(bad)} out of range, e.g. {int(arr[bad[0]])} at index {bad[0]}",
+        )
     return arr
 
 
@@ -606,9 +621,15 @@ def _check(path: Path, prepared: dict[str, _Prepared], text_mode: str, config: D
         keys = {"L": text_key, "V": "vision", "A": "audio"}
         for i, m in enumerate(MODALITIES):
             if seq_lens[i] != config.seq_lens[i]:
-                raise DataFormatError(path, first[keys[m]][0], keys[m], expected=f"sequence length "
-                                      f"{config.seq_lens[i]} for {m} (DMDConfig.seq_lens, the model was built for "
-                                      "it)", found=f"{seq_lens[i]} (per-sample shape {tuple(first[keys[m]][1][1:])})")
+                raise DataFormatError(
+                    path,
+                    first[keys[m]][0],
+                    keys[m],
+                    expected=f"sequence length "
+                    f"{config.seq_lens[i]} for {m} (DMDConfig.seq_lens, the model was built for "
+                    "it)",
+                    found=f"{seq_lens[i]} (per-sample shape {tuple(first[keys[m]][1][1:])})",
+                )
             if (m != "L" or text_mode == "features") and feature_dims[i] != config.feature_dims[i]:
                 raise DataFormatError(path, first[keys[m]][0], keys[m], expected=f"feature size "
                                       f"{config.feature_dims[i]} for {m} (DMDConfig.feature_dims)",

@@ -754,34 +754,78 @@ def add_cli(subparsers) -> None:
         "the words do not. See the dmd_core.synth module docstring for the formulas.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--dataset", choices=sorted(OFFICIAL_SIZES), default=defaults.dataset,
-                   help="which dataset's sequence lengths, feature sizes, split sizes and label grid to copy")
+    p.add_argument(
+        "--dataset",
+        choices=sorted(OFFICIAL_SIZES),
+        default=defaults.dataset,
+        help="which dataset's sequence lengths, feature sizes, split sizes and label grid to copy",
+    )
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--aligned", dest="aligned", action="store_true", default=True,
-                       help="word-aligned file: audio and vision have one frame per word piece (T=50)")
-    group.add_argument("--unaligned", dest="aligned", action="store_false",
-                       help="unaligned file: audio and vision at their own rates, zero-padded, with lengths")
+    group.add_argument(
+        "--aligned",
+        dest="aligned",
+        action="store_true",
+        default=True,
+        help="word-aligned file: audio and vision have one frame per word piece (T=50)",
+    )
+    group.add_argument(
+        "--unaligned",
+        dest="aligned",
+        action="store_false",
+        help="unaligned file: audio and vision at their own rates, zero-padded, with lengths",
+    )
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--scale", type=float, default=defaults.scale,
-                      help="fraction of the official split sizes (MOSI 1284/229/686, MOSEI 16326/1871/4659)")
-    size.add_argument("--sizes", type=int, nargs=3, metavar=("TRAIN", "VALID", "TEST"),
-                      help="explicit split sizes (overrides --scale)")
+    size.add_argument(
+        "--scale",
+        type=float,
+        default=defaults.scale,
+        help="fraction of the official split sizes (MOSI 1284/229/686, MOSEI 16326/1871/4659)",
+    )
+    size.add_argument(
+        "--sizes",
+        type=int,
+        nargs=3,
+        metavar=("TRAIN", "VALID", "TEST"),
+        help="explicit split sizes (overrides --scale)",
+    )
     p.add_argument("--seed", type=int, default=defaults.seed, help="random seed; the same seed gives the same file")
-    p.add_argument("--strengths", type=_floats(3), default=defaults.strengths, metavar="'L V A'",
-                   help="how strongly language, vision and audio express the sentiment factor; e.g. "
-                   "'0.2 0.3 1.0' makes audio carry the signal")
-    p.add_argument("--incongruent", type=float, default=defaults.incongruent,
-                   help="fraction of samples whose words express an unrelated sentiment while the "
-                   "--incongruent-modality expresses the true one")
-    p.add_argument("--incongruent-modality", choices=("V", "A"), default=defaults.incongruent_modality,
-                   help="the modality that carries the signal on incongruent samples")
-    p.add_argument("--incongruent-strength", type=float, default=defaults.incongruent_strength,
-                   help="its strength on those samples")
-    p.add_argument("--exclusive", type=int, default=defaults.n_exclusive,
-                   help="number of modality-exclusive factors per modality (0-4), label-free")
+    p.add_argument(
+        "--strengths",
+        type=_floats(3),
+        default=defaults.strengths,
+        metavar="'L V A'",
+        help="how strongly language, vision and audio express the sentiment factor; e.g. "
+        "'0.2 0.3 1.0' makes audio carry the signal",
+    )
+    p.add_argument(
+        "--incongruent",
+        type=float,
+        default=defaults.incongruent,
+        help="fraction of samples whose words express an unrelated sentiment while the "
+        "--incongruent-modality expresses the true one",
+    )
+    p.add_argument(
+        "--incongruent-modality",
+        choices=("V", "A"),
+        default=defaults.incongruent_modality,
+        help="the modality that carries the signal on incongruent samples",
+    )
+    p.add_argument(
+        "--incongruent-strength",
+        type=float,
+        default=defaults.incongruent_strength,
+        help="its strength on those samples",
+    )
+    p.add_argument(
+        "--exclusive",
+        type=int,
+        default=defaults.n_exclusive,
+        help="number of modality-exclusive factors per modality (0-4), label-free",
+    )
     p.add_argument("--noise", type=float, default=defaults.frame_noise, help="per-frame noise of vision and audio")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output path (default: data/synth_<dataset>_<aligned|unaligned>_50.pkl)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="output path (default: data/synth_<dataset>_<aligned|unaligned>_50.pkl)"
+    )
     p.set_defaults(func=_run_cli)
 
 
