@@ -87,7 +87,7 @@ def _move(t: torch.Tensor, device: torch.device | None) -> torch.Tensor:
 
 
 def _as_tensor(x: ArrayLike) -> torch.Tensor:
-    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x))  # a writable copy of a memory map
 
 
 def _take(x: ArrayLike, rows: slice | torch.Tensor) -> torch.Tensor:
@@ -357,6 +357,17 @@ def _resolve(obj: Any) -> Any:
     return obj
 
 
+def _in_memory(obj: Any) -> Any:
+    """Spilled (memory-mapped) arrays inside ``obj`` read back into plain arrays."""
+    if isinstance(obj, np.memmap):
+        return np.array(obj)
+    if isinstance(obj, dict):
+        return {k: _in_memory(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_in_memory(v) for v in obj)
+    return obj
+
+
 def _read_pickle(path: Path, spill: _Spill | None = None) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
@@ -606,17 +617,6 @@ def _check(path: Path, prepared: dict[str, _Prepared], text_mode: str, config: D
     seq_lens = (text_len, first["vision"][1][1], first["audio"][1][1])
     text_dim = first["text"][1][2] if "text" in first else 768
     feature_dims = (text_dim, first["vision"][1][2], first["audio"][1][2])
-    aligned = not all(unaligned)
-    if aligned and len(set(seq_lens)) != 1:
-        raise DataFormatError(path, names[0], "audio_lengths", expected="audio_lengths and vision_lengths in an "
-                              f"unaligned file (sequence lengths L, V, A = {seq_lens} differ)",
-                              found="no lengths")  # fmt: skip
-    if text_mode == "bert":
-        vocab = BERT_VOCAB_SIZE
-        if config is not None and config.bert is not None and config.bert.config is not None:
-            vocab = int(config.bert.config.get("vocab_size", BERT_VOCAB_SIZE))
-        for name, prep in prepared.items():
-            _check_tokens(path, name, prep.stats["tokens"], vocab)
     if config is not None:
         keys = {"L": text_key, "V": "vision", "A": "audio"}
         for i, m in enumerate(MODALITIES):
@@ -634,6 +634,17 @@ def _check(path: Path, prepared: dict[str, _Prepared], text_mode: str, config: D
                 raise DataFormatError(path, first[keys[m]][0], keys[m], expected=f"feature size "
                                       f"{config.feature_dims[i]} for {m} (DMDConfig.feature_dims)",
                                       found=f"{feature_dims[i]}")  # fmt: skip
+    aligned = not all(unaligned)
+    if aligned and len(set(seq_lens)) != 1:
+        raise DataFormatError(path, names[0], "audio_lengths", expected="audio_lengths and vision_lengths in an "
+                              f"unaligned file (sequence lengths L, V, A = {seq_lens} differ)",
+                              found="no lengths")  # fmt: skip
+    if text_mode == "bert":
+        vocab = BERT_VOCAB_SIZE
+        if config is not None and config.bert is not None and config.bert.config is not None:
+            vocab = int(config.bert.config.get("vocab_size", BERT_VOCAB_SIZE))
+        for name, prep in prepared.items():
+            _check_tokens(path, name, prep.stats["tokens"], vocab)
     return dict(aligned=aligned, seq_lens=seq_lens, feature_dims=feature_dims)
 
 
@@ -689,7 +700,7 @@ def _convert(path: Path, folder: Path, wanted: Sequence[str]) -> None:
             manifest["splits"][name] = {"stats": prep.stats, "arrays": sorted(prep.arrays), "ids": prep.ids,
                                         "raw_text": prep.raw_text, "annotations": prep.annotations}  # fmt: skip
             del prep
-        extra = {k: v for k, v in data.items() if k not in SPLITS and k not in names}
+        extra = _in_memory({k: v for k, v in data.items() if k not in SPLITS and k not in names})
         with open(tmp / "extra.pkl", "wb") as f:
             pickle.dump(extra, f, protocol=4)
         del data, extra
