@@ -1,0 +1,210 @@
+"""The book's sources: clean notebooks, parameters, Colab cells, table of contents, configuration, citations.
+
+Structural checks only (seconds); tests/test_notebooks.py executes everything.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+REQUIRED_PARAMETERS = {"device", "data_path", "dataset", "aligned", "scale", "bert", "epochs", "seeds", "d",
+                       "heads", "nlevels", "lr", "accumulation", "work_dir", "paper_scale"}  # fmt: skip
+
+
+def _build_module():
+    spec = importlib.util.spec_from_file_location("book_build", ROOT / "book" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+build = _build_module()
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+REPOSITORY_URL = CONFIG["repository"]["url"].rstrip("/")
+
+
+def _read(path: Path) -> nbformat.NotebookNode:
+    return nbformat.read(path, as_version=4)
+
+
+def _parameters_cell(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(cells) == 1, "expected exactly one cell tagged 'parameters'"
+    return cells[0]
+
+
+def _assigned_names(source: str) -> dict[str, object]:
+    names = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    names[target.id] = ast.literal_eval(node.value)
+    return names
+
+
+def test_the_chapters_exist_in_order_and_build_py_lists_every_one():
+    names = [p.stem for p in NOTEBOOKS]
+    assert names[:5] == ["01_data", "02_decoupling", "03_graph_distillation", "04_training", "05_edge_analysis"]
+    assert list(build.NOTEBOOKS) == names
+    assert set(build.CI_PARAMS) == set(names)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_sources_carry_no_outputs_or_execution_counts(path):
+    for i, cell in enumerate(_read(path).cells):
+        if cell.cell_type == "code":
+            assert cell.outputs == [], f"{path.name} cell {i} has outputs (strip them)"
+            assert cell.execution_count is None, f"{path.name} cell {i} has an execution count"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_notebook_has_a_tagged_parameters_cell_with_the_shared_parameters(path):
+    values = _assigned_names(_parameters_cell(_read(path)).source)
+    assert REQUIRED_PARAMETERS <= set(values), f"missing {REQUIRED_PARAMETERS - set(values)}"
+    assert values["device"] == "auto"
+    assert values["data_path"] is None, "the default must run on synthetic data"
+    assert values["paper_scale"] is False
+    assert values["work_dir"] == "runs/book"
+
+
+def test_ci_parameters_are_parameters_of_the_notebooks():
+    for name, extra in build.CI_PARAMS.items():
+        values = _assigned_names(_parameters_cell(_read(ROOT / "notebooks" / f"{name}.ipynb")).source)
+        unknown = set(build.CI_COMMON) | set(extra)
+        assert unknown <= set(values), f"{name}: CI sets unknown parameters {unknown - set(values)}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_notebook_opens_with_a_colab_badge_for_its_own_source(path):
+    first = _read(path).cells[0]
+    assert first.cell_type == "markdown" and first.source.startswith("# ")
+    owner_repo = REPOSITORY_URL.removeprefix("https://github.com/")
+    link = f"https://colab.research.google.com/github/{owner_repo}/blob/{CONFIG['repository']['branch']}/notebooks/{path.name}"
+    assert link in first.source
+    assert "colab-badge.svg" in first.source
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_first_code_cell_installs_from_the_configured_repository_on_colab_only(path):
+    code = next(c for c in _read(path).cells if c.cell_type == "code")
+    urls = re.findall(r"https://github\.com/[\w.-]+/[\w.-]+", code.source)
+    assert urls == [REPOSITORY_URL], f"{path.name}: first code cell must use {REPOSITORY_URL}, found {urls}"
+    assert '"google.colab" in sys.modules' in code.source
+    assert "nvidia-smi" in code.source  # the GPU check
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameters_come_right_after_the_colab_cell(path):
+    code = [c for c in _read(path).cells if c.cell_type == "code"]
+    assert "parameters" in code[1].metadata.get("tags", [])
+
+
+def test_toc_lists_the_intro_every_executed_notebook_and_the_references():
+    pages = build.toc_pages()
+    assert pages[0] == "book/intro"
+    assert [p for p in pages if p.startswith("book/executed/")] == [f"book/executed/{p.stem}" for p in NOTEBOOKS]
+    for page in pages:
+        if not page.startswith("book/executed/"):
+            assert (ROOT / f"{page}.md").is_file(), f"{page}.md missing"
+    assert "book/references" in pages
+
+
+def test_config_executes_nothing_and_excludes_sources_and_runs():
+    assert CONFIG["execute"]["execute_notebooks"] == "off"
+    excluded = CONFIG["exclude_patterns"]
+    for pattern in ("notebooks/*", ".venv/*", "runs/*", "_build/*"):
+        assert pattern in excluded
+    assert CONFIG["bibtex_bibfiles"] == ["book/references.bib"]
+    assert REPOSITORY_URL.startswith("https://github.com/")
+
+
+def _bib_keys() -> set[str]:
+    return set(re.findall(r"@\w+\{([^,]+),", (ROOT / "book" / "references.bib").read_text()))
+
+
+def test_bibliography_holds_dmd_mult_mmsa_and_the_datasets():
+    assert {"li2023dmd", "tsai2019mult", "mao2022msena", "zadeh2016mosi", "zadeh2018mosei"} <= _bib_keys()
+
+
+def test_every_citation_in_the_book_is_in_the_bibliography():
+    texts = [(ROOT / "book" / "intro.md").read_text()]
+    texts += [c.source for p in NOTEBOOKS for c in _read(p).cells if c.cell_type == "markdown"]
+    cited = {key.strip() for text in texts for group in re.findall(r"\{cite[:\w]*\}`([^`]+)`", text)
+             for key in group.split(",")}  # fmt: skip
+    assert cited, "the book cites nothing"
+    assert cited <= _bib_keys(), f"unknown keys {cited - _bib_keys()}"
+    assert "{bibliography}" in (ROOT / "book" / "references.md").read_text()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_glue_reference_in_prose_is_glued_by_a_code_cell(path):
+    nb = _read(path)
+    prose = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    used = set(re.findall(r"\{glue:(?:text|md|any)\}`([^`:]+)", prose))
+    used |= set(re.findall(r"```\{glue:figure\} (\S+)", prose))
+    for key in used:
+        literal = re.search(rf"glue\(\s*f?[\"']{re.escape(key)}[\"']", code)
+        templated = re.search(r"glue\(\s*f[\"']", code)  # keys built in loops (f-strings) are checked by execution
+        assert literal or templated, f"{path.name}: {key!r} is used in prose but never glued"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_figures_have_captions_and_prose_comes_before_code(path):
+    nb = _read(path)
+    for cell in nb.cells:
+        for block in re.findall(r"```\{glue:figure\}[^\n]*\n(.*?)```", cell.source, flags=re.S):
+            caption = "\n".join(line for line in block.splitlines() if not line.startswith(":")).strip()
+            assert len(caption) > 40, f"{path.name}: a figure without a real caption"
+    assert nb.cells[0].cell_type == "markdown"
+
+
+def test_parse_value_reads_json_scalars_and_falls_back_to_strings():
+    assert build.parse_value("3") == 3
+    assert build.parse_value("0.5") == 0.5
+    assert build.parse_value("true") is True and build.parse_value("None") is None
+    assert build.parse_value("[1111, 1112]") == [1111, 1112]
+    assert build.parse_value("cuda") == "cuda"
+    assert build.parse_value("/data/aligned_50.pkl") == "/data/aligned_50.pkl"
+
+
+def test_chapter_parameters_layer_ci_values_work_dir_and_overrides():
+    params = build.chapter_parameters("04_training", True, Path("/tmp/w"), {"device": "cpu", "epochs": 2})
+    assert params["work_dir"] == "/tmp/w" and params["device"] == "cpu" and params["epochs"] == 2
+    assert params["d"] == build.CI_COMMON["d"]
+    assert build.chapter_parameters("04_training", False, Path("/tmp/w"), {}) == {"work_dir": "/tmp/w"}
+
+
+def test_notebook_problems_flags_unexecuted_cells_errors_and_warnings(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("1", execution_count=1),
+        nbformat.v4.new_code_cell("2"),
+        nbformat.v4.new_code_cell("3", execution_count=3, outputs=[
+            nbformat.v4.new_output("error", ename="ValueError", evalue="boom", traceback=[])]),
+        nbformat.v4.new_code_cell("4", execution_count=4, outputs=[
+            nbformat.v4.new_output("stream", name="stderr", text="UserWarning: careful")]),
+        nbformat.v4.new_code_cell("5", execution_count=5, outputs=[
+            nbformat.v4.new_output("stream", name="stderr", text="epochs: 100%|####| 3/3")]),
+    ])  # fmt: skip
+    path = tmp_path / "x.ipynb"
+    nbformat.write(nb, path)
+    problems = build.notebook_problems(path)
+    assert len(problems) == 3
+    assert "cell 1 was not executed" in problems[0]
+    assert "ValueError: boom" in problems[1]
+    assert "warning" in problems[2]
+
+
+def test_the_executed_copies_and_screenshots_are_not_committed():
+    ignored = (ROOT / ".gitignore").read_text() + (ROOT / "book" / ".gitignore").read_text()
+    assert "executed/" in ignored and "screenshots/" in ignored
