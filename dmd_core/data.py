@@ -66,7 +66,8 @@ class DataFormatError(ValueError):
 class Batch(NamedTuple):
     """One mini-batch. ``text`` is ``(B, 3, L)`` int64 ids/mask/segments or ``(B, L, d_t)`` float32;
     ``audio (B, L_a, d_a)``, ``vision (B, L_v, d_v)`` float32, ``labels (B,)`` float32, all on the
-    requested device; ``index (B,)`` int64 sample indices into the split, on the CPU."""
+    requested device; ``index (B,)`` int64 sample indices into the split, on the CPU. Unshuffled
+    batches of a split already on the target device are views of it: do not modify them in place."""
 
     text: torch.Tensor
     audio: torch.Tensor
@@ -709,7 +710,12 @@ def _convert(path: Path, folder: Path, wanted: Sequence[str]) -> None:
         manifest.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
         (tmp / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
         shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process finished the same conversion first: use its result if it is current
+            done = folder / "manifest.json"
+            if not (done.is_file() and _fresh(json.loads(done.read_text(encoding="utf-8")), path, wanted)):
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -779,9 +785,9 @@ def load_mmsa(
             log.warning("%s is %.1f GB; load_mmsa(..., mmap_dir=...) needs far less memory", path,
                         path.stat().st_size / 1e9)  # fmt: skip
         data = _read_pickle(path)
-        names = _split_names(path, data, splits)
-        prepared = {name: _prepare_split(path, name, data[name], _Allocator(None)) for name in names}
-        extra = {k: v for k, v in data.items() if k not in SPLITS and k not in names}
+        _split_names(path, data, splits)
+        prepared = {name: _prepare_split(path, name, data[name], _Allocator(None)) for name in splits}
+        extra = {k: v for k, v in data.items() if k not in SPLITS and k not in splits}
         del data
     else:
         folder = _cache_folder(path, Path(mmap_dir))

@@ -731,16 +731,6 @@ def default_path(spec: SynthSpec) -> Path:
 # ----------------------------------------------------------------------------- command line
 
 
-def _floats(n: int) -> Callable[[str], tuple[float, ...]]:
-    def parse(text: str) -> tuple[float, ...]:
-        values = tuple(float(v) for v in text.replace(",", " ").split())
-        if len(values) != n:
-            raise argparse.ArgumentTypeError(f"expected {n} numbers, found {text!r}")
-        return values
-
-    return parse
-
-
 def add_cli(subparsers) -> None:
     """Register ``dmd synth``."""
     defaults = SynthSpec()
@@ -791,11 +781,12 @@ def add_cli(subparsers) -> None:
     p.add_argument("--seed", type=int, default=defaults.seed, help="random seed; the same seed gives the same file")
     p.add_argument(
         "--strengths",
-        type=_floats(3),
+        type=float,
+        nargs=3,
         default=defaults.strengths,
-        metavar="'L V A'",
+        metavar=("L", "V", "A"),
         help="how strongly language, vision and audio express the sentiment factor; e.g. "
-        "'0.2 0.3 1.0' makes audio carry the signal",
+        "--strengths 0.2 0.3 1.0 makes audio carry the signal",
     )
     p.add_argument(
         "--incongruent",
@@ -832,7 +823,7 @@ def add_cli(subparsers) -> None:
 def _run_cli(args: argparse.Namespace) -> int:
     spec = SynthSpec(
         dataset=args.dataset, aligned=args.aligned, scale=args.scale, sizes=tuple(args.sizes) if args.sizes else None,
-        seed=args.seed, strengths=args.strengths, incongruent=args.incongruent,
+        seed=args.seed, strengths=tuple(args.strengths), incongruent=args.incongruent,
         incongruent_modality=args.incongruent_modality, incongruent_strength=args.incongruent_strength,
         n_exclusive=args.exclusive, frame_noise=args.noise,
     )  # fmt: skip

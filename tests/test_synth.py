@@ -242,7 +242,7 @@ def cli_main(argv: list[str]) -> int:
 def test_cli_synth_writes_the_file_and_help_explains_every_option(tmp_path, capsys):
     out = tmp_path / "cli.pkl"
     args = ["synth", "--dataset", "mosei", "--unaligned", "--sizes", "3", "2", "2", "--seed", "9",
-            "--strengths", "0.2 0.3 1.0", "--incongruent", "0.2", "--out", str(out)]  # fmt: skip
+            "--strengths", "0.2", "0.3", "1.0", "--incongruent", "0.2", "--out", str(out)]  # fmt: skip
     assert cli_main(args) == 0
     data = pickle.loads(out.read_bytes())
     assert data["synth"]["spec"]["strengths"] == [0.2, 0.3, 1.0] and data["train"]["audio"].shape == (3, 500, 74)
@@ -262,6 +262,14 @@ def test_cli_synth_writes_the_file_and_help_explains_every_option(tmp_path, caps
 def test_spec_rejects_invalid_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=f"SynthSpec.{field}"):
         SynthSpec(**{field: value})
+
+
+def test_vocab_is_regenerated_when_the_asset_is_not_installed(tmp_path, monkeypatch):
+    monkeypatch.setattr(synth, "VOCAB_DIR", tmp_path / "absent")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = synth.vocab_dir()
+    assert folder == tmp_path / "cache" / "dmd_core" / "synth_wordpiece"
+    assert (folder / "vocab.txt").read_text(encoding="utf-8").splitlines() == synth.build_vocab()
 
 
 def test_scaled_sizes_and_spec_round_trip_through_dict():
