@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cpu_attention import block_attention
+
 
 def sinusoid_positions(positions: torch.Tensor, dim: int) -> torch.Tensor:
     """Sinusoidal embeddings of integer ``positions`` (any shape) -> ``(*shape, dim)``.
@@ -99,11 +101,17 @@ class MultiheadAttention(nn.Module):
         def heads(t: torch.Tensor) -> torch.Tensor:  # (L, B, d) -> (B, h, L, d/h)
             return t.reshape(t.shape[0], batch, self.heads, dim // self.heads).permute(1, 2, 0, 3)
 
+        q, k, v = heads(q), heads(k), heads(v)
         causal = isinstance(mask, str)
-        out = F.scaled_dot_product_attention(
-            heads(q), heads(k), heads(v), attn_mask=None if causal else mask,
-            dropout_p=self.dropout if self.training else 0.0, is_causal=causal,
-        )  # fmt: skip
+        if self.training and self.dropout > 0 and q.device.type == "cpu":
+            # No fused CPU kernel has attention dropout; compute it block by block (cpu_attention.py).
+            allowed = future_mask(q.shape[2], k.shape[2], q.device) if causal else mask
+            out = block_attention(q, k, v, allowed, self.dropout)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=None if causal else mask,
+                dropout_p=self.dropout if self.training else 0.0, is_causal=causal,
+            )  # fmt: skip
         out = out.permute(2, 0, 1, 3).reshape(len_q, batch, dim)  # (Lq, B, d)
         return self.out_proj(out)
 
