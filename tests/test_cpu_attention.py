@@ -12,12 +12,12 @@ from dmd_core.transformer import MultiheadAttention, future_mask
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    monkeypatch.setattr(C, "BLOCK_BYTES", 64 * 8)  # several blocks even for tiny inputs
+    monkeypatch.setattr(C, "BLOCK_BYTES", 4 * 7 * 12)  # several blocks even for tiny inputs
 
 
-def _qkv(lq, lk, dtype=torch.float64):
+def _qkv(lq, lk, dtype=torch.float64, batch=2, heads=3, dh=4):
     g = torch.Generator().manual_seed(lq * 100 + lk)
-    return [torch.randn(2, 3, n, 4, dtype=dtype, generator=g, requires_grad=True) for n in (lq, lk, lk)]
+    return [torch.randn(batch, heads, n, dh, dtype=dtype, generator=g, requires_grad=True) for n in (lq, lk, lk)]
 
 
 @pytest.mark.parametrize("lq,lk", [(7, 7), (7, 12), (12, 7)])
@@ -30,7 +30,7 @@ def test_without_dropout_equals_sdpa_with_the_reference_mask(small_blocks, lq, l
 
 @pytest.mark.parametrize("lq,lk", [(7, 7), (12, 7)])
 def test_gradients_with_dropout_pass_gradcheck(small_blocks, lq, lk):
-    q, k, v = _qkv(lq, lk)
+    q, k, v = _qkv(lq, lk, batch=1, heads=2, dh=2)
     mask = future_mask(lq, lk, q.device)
 
     def f(q, k, v):
