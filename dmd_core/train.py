@@ -805,9 +805,12 @@ def _bert_spec(name: str | None):
         cached = None
     if isinstance(cached, str):
         return BertSpec(name_or_path=name), int(json.loads(Path(cached).read_text()).get("hidden_size", 768))
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        load_bert(name)  # offline and not cached: raises at once
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host = endpoint.hostname or "huggingface.co"
     try:
-        socket.create_connection((host, 443), timeout=5).close()
+        socket.create_connection((host, endpoint.port or (80 if endpoint.scheme == "http" else 443)), timeout=5).close()
     except OSError as err:
         log.info("%s cannot be reached (%s): not trying to download %r", host, err, name)
         os.environ["HF_HUB_OFFLINE"] = "1"
