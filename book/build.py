@@ -45,6 +45,7 @@ CI_COMMON: dict[str, Any] = {
     "nlevels": 1,
     "epochs": 4,
     "seeds": [1111, 1112],
+    "threads": 1,  # a tiny model gains nothing from a second thread, and oversubscribed cores cost a lot
 }
 CI_PARAMS: dict[str, dict[str, Any]] = {
     "01_data": {},

@@ -371,9 +371,38 @@ def test_verdicts_report_what_came_out():
     assert "Unlike the paper" in analysis.edge_verdict(flat, hetero)
     assert "from the prior" in analysis.prior_verdict(0.01)
     assert "survives" in analysis.prior_verdict(0.9)
-    summary = pd.DataFrame({"A teaches (homo)": [0.33, 0.33, 0.02, 0.40]},
-                           index=["language carries, paper prior", "language carries, uniform prior",
-                                  "audio carries, paper prior", "audio carries, uniform prior"])  # fmt: skip
-    assert "does follow the data" in analysis.follow_verdict(summary)
-    summary.iloc[3, 0] = 0.331
-    assert "changes by only" in analysis.follow_verdict(summary)
+    names = [
+        "language signal, paper prior",
+        "language signal, no prior",
+        "audio signal, paper prior",
+        "audio signal, no prior",
+    ]
+    summary = pd.DataFrame({"A teaches (homo)": [0.02, 0.30, 0.02, 0.40], "A teaches (hetero)": [0.1, 0.3, 0.1, 0.5],
+                            "L teaches (homo)": [0.96, 0.3, 0.95, 0.2]}, index=names)  # fmt: skip
+    verdict = analysis.follow_verdict(summary)
+    assert verdict.startswith("Without a prior the graph does turn towards audio")
+    assert "+0.100 in HomoGD and +0.200 in HeteroGD" in verdict and "the prior, not the data, decides" in verdict
+    summary.loc["audio signal, no prior", "A teaches (hetero)"] = 0.29
+    assert "only in HomoGD" in analysis.follow_verdict(summary)
+    summary.loc["audio signal, no prior", "A teaches (homo)"] = 0.301
+    assert analysis.follow_verdict(summary).startswith("Even without a prior the graph does not turn")
+    assert analysis.follow_verdict(summary.iloc[:2]) == ""
+    agree = pd.DataFrame({"mean weight": [0.1, 0.2, 0.7], "mean |logit difference|": [3.0, 2.0, 1.0]})
+    text = analysis.takeaway(0.01, summary, {"HomoGD": agree, "HeteroGD": agree})
+    assert "mostly a picture of its prior" in text and "already agree" in text and "does not turn" in text
+    assert "most of language's lead survives" in analysis.takeaway(0.9, summary, {})
+
+
+def test_edge_discrepancy_pairs_each_edges_weight_with_its_logit_gap(settings, ds):
+    torch.manual_seed(0)
+    model = DMD(settings.model_config(ds)).eval()
+    table = analysis.edge_discrepancy(model, ds["test"], "hetero", batch_size=5)
+    assert list(table.index) == list(EDGE_NAMES)
+    assert table["mean weight"].sum() == pytest.approx(1.0, abs=1e-5)
+    batch = next(ds["test"].batches(len(ds["test"])))
+    with torch.no_grad():
+        out = model(batch.text, batch.audio, batch.vision)
+    logits = out.hetero.logits.squeeze(-1)  # (3, N) L, V, A
+    assert table.loc["L->V", "mean |logit difference|"] == pytest.approx(
+        float((logits[1] - logits[0]).abs().mean()), rel=1e-5
+    )
