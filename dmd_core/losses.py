@@ -51,8 +51,8 @@ def orthogonality_loss(dec: Decoupled, axis: str = "batch") -> torch.Tensor:
 
 def _pair_cosine(x: torch.Tensor) -> torch.Tensor:
     """All-pairs cosine of the rows of ``x (N, F)`` with the reference's norm: ``max(sqrt(|x|^2 + 1e-8), 1e-8)``."""
-    norm = (x.pow(2).sum(1) + 1e-8).sqrt().clamp_min(1e-8)
-    return (x @ x.T) / (norm.unsqueeze(1) * norm.unsqueeze(0))
+    unit = x / (x.pow(2).sum(1, keepdim=True) + 1e-8).sqrt().clamp_min(1e-8)
+    return unit @ unit.T
 
 
 def margin_loss(features: torch.Tensor, labels: torch.Tensor, scale: float = 0.15) -> torch.Tensor:
@@ -70,20 +70,23 @@ def margin_loss(features: torch.Tensor, labels: torch.Tensor, scale: float = 0.1
     y = labels.reshape(-1).to(x.dtype).repeat_interleave(n_mod)  # (3B,)
     if y.numel() != x.shape[0]:
         raise ValueError(f"margin_loss: {batch} feature rows per modality but {labels.numel()} labels")
-    cos = _pair_cosine(x)
-    n = x.shape[0]
-    other = ~torch.eye(n, dtype=torch.bool, device=x.device)
-    same = y.unsqueeze(1) == y.unsqueeze(0)
-    pos, neg = same & other, ~same  # (3B, 3B)
-    margin = scale * (y.unsqueeze(1) - y.unsqueeze(0)).abs()  # (anchor, negative)
-    # hinge[a, p, q] = max(0, margin[a, q] - cos[a, p] + cos[a, q]) for positive p and negative q.
-    hinge = F.relu(margin.unsqueeze(1) - cos.unsqueeze(2) + cos.unsqueeze(1))  # (3B, 3B, 3B)
-    pair_mask = pos.unsqueeze(2) & neg.unsqueeze(1)
-    hinge = torch.where(pair_mask, hinge, torch.zeros((), dtype=hinge.dtype, device=hinge.device))
-    n_pairs = pos.sum(1) * neg.sum(1)  # (3B,)
-    valid = n_pairs > 0
-    per_anchor = hinge.sum((1, 2)) / n_pairs.clamp_min(1)
-    return (per_anchor * valid).sum() / valid.sum().clamp_min(1)
+    n = len(y)
+    with torch.no_grad():  # which pairs count, and with which weight: labels only
+        neg = y.unsqueeze(1) != y.unsqueeze(0)  # (anchor, negative)
+        pos = ~neg
+        pos.fill_diagonal_(False)  # (anchor, positive): same label, another vector
+        n_pos = pos.sum(1, keepdim=True)
+        n_neg = n - 1 - n_pos
+        valid = (n_pos > 0) & (n_neg > 0)  # anchors with at least one (positive, negative) pair
+        # mean over an anchor's pairs, then over valid anchors: weight w_pos[a, p] * w_neg[a, n]
+        w_pos = pos * (valid / (n_pos.clamp_min(1) * valid.sum().clamp_min(1))).to(x.dtype)
+        w_neg = neg * (1.0 / n_neg.clamp_min(1)).to(x.dtype)
+        margin = (y.unsqueeze(1) - y.unsqueeze(0)).abs_().mul_(scale)  # (anchor, negative)
+    cos = _pair_cosine(x)  # (3B, 3B)
+    # hinge[a, p, n] = max(0, margin[a, n] + cos[a, n] - cos[a, p])
+    hinge = ((margin + cos).unsqueeze(1) - cos.unsqueeze(2)).relu_()  # (3B, 3B, 3B)
+    # sum_a sum_{p,n} w_pos[a, p] * hinge[a, p, n] * w_neg[a, n], as two batched products
+    return torch.bmm(torch.bmm(w_pos.unsqueeze(1), hinge), w_neg.unsqueeze(2)).sum()
 
 
 @dataclass

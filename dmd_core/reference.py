@@ -294,25 +294,28 @@ def probe(
 
 
 def reference_margin_loss(features: torch.Tensor, labels: torch.Tensor, scale: float = 0.15) -> torch.Tensor:
-    """The spec's definition of the margin loss, one anchor at a time (slow; for tests and benchmarks)."""
+    """The margin loss as the spec defines it and the reference computes it: a Python loop over anchors.
+
+    Kept as the executable definition that :func:`dmd_core.losses.margin_loss` is tested
+    and benchmarked against. ``features (3, B, d)`` stacked L, V, A; ``labels (B,)`` or ``(B, 1)``.
+    """
     n_mod, batch, dim = features.shape
-    x = features.transpose(0, 1).reshape(-1, dim)
-    y = labels.reshape(-1).repeat_interleave(n_mod)
+    x = features.transpose(0, 1).reshape(-1, dim)  # sample-major: L, V, A of sample 0, then 1, ...
+    y = labels.reshape(-1).to(x.dtype).repeat_interleave(n_mod)
     n = x.shape[0]
     norm = (x.pow(2).sum(1) + 1e-8).sqrt().clamp_min(1e-8)
+    off_diagonal = ~torch.eye(n, dtype=torch.bool)
+    cosine = ((x @ x.T) / (norm[:, None] * norm[None, :]))[off_diagonal].view(n, n - 1)
+    ids = y[None, :].expand(n, n)[off_diagonal].view(n, n - 1)
     total, count = x.new_zeros(()), 0
     for a in range(n):
-        others = [b for b in range(n) if b != a]
-        pos = [b for b in others if y[b] == y[a]]
-        neg = [b for b in others if y[b] != y[a]]
-        if not pos or not neg:
+        same = ids[a] == y[a]
+        n_pos, n_neg = int(same.sum()), int((~same).sum())
+        if n_pos == 0 or n_neg == 0:
             continue
-        acc = x.new_zeros(())
-        for p in pos:
-            cos_p = (x[a] * x[p]).sum() / (norm[a] * norm[p])
-            for q in neg:
-                cos_q = (x[a] * x[q]).sum() / (norm[a] * norm[q])
-                acc = acc + torch.clamp_min(scale * (y[a] - y[q]).abs() - cos_p + cos_q, 0)
-        total = total + acc / (len(pos) * len(neg))
+        pos = cosine[a, same].reshape(-1, 1)  # (P, 1)
+        neg = cosine[a, ~same].reshape(1, -1)  # (1, N)
+        margin = scale * (y[a] - ids[a, ~same]).abs().reshape(1, -1)
+        total = total + torch.clamp_min(margin - pos + neg, 0).mean()
         count += 1
     return total / max(count, 1)

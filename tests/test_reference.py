@@ -43,14 +43,14 @@ def test_every_forward_output_matches_the_reference(fixture):
     assert set(ours) == set(fixture["outputs"])
     for name, expected in fixture["outputs"].items():
         assert ours[name].shape == expected.shape, name
-        torch.testing.assert_close(ours[name], expected, atol=ATOL, rtol=RTOL, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(ours[name], expected, atol=ATOL, rtol=RTOL, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_both_gd_units_edges_and_losses_match_the_reference(fixture):
     ours = probe_fixture(fixture)["gd"]
     assert set(ours) == set(fixture["gd"])
     for name, expected in fixture["gd"].items():
-        torch.testing.assert_close(ours[name], expected, atol=ATOL, rtol=RTOL, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(ours[name], expected, atol=ATOL, rtol=RTOL, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_margin_and_orthogonality_losses_match_the_reference(fixture):

@@ -1,0 +1,286 @@
+"""Speed and memory of DMD training and evaluation: ``dmd bench`` (also ``python benchmarks/run.py``).
+
+For a named setting (dataset, aligned or not, stored text features or a BERT of a given
+size, batch size, device, threads) this measures, on random inputs of the real shapes:
+
+* training throughput: samples/s of the trainer's own epoch loop (:meth:`Trainer.train_epoch`:
+  forward, all losses, backward, clipping, an Adam step every 10 mini-batches), the median
+  over several windows after a warm-up window;
+* evaluation throughput: samples/s of :func:`dmd_core.train.predict` (eval mode, inference mode);
+* peak host memory (the process's maximum resident set size) and peak device memory;
+* model FLOPs utilisation: FLOPs of one training (forward + backward) and one evaluation
+  sample counted with ``torch.utils.flop_counter.FlopCounterMode``, times the throughput,
+  divided by the device's peak, measured here with a large matrix multiplication in the
+  same precision (so MFU is relative to what this machine's matmul reaches, not a data sheet).
+
+Every measurement is written as JSON under ``benchmarks/results/`` and appended as a row to
+``benchmarks/results/results.md`` with the machine, library versions and git commit.
+Values vary with the machine's load: compare settings measured in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import BertSpec, DMDConfig, TrainConfig, preset
+from .data import MMSADataset, Split
+from .losses import total_loss
+
+log = logging.getLogger(__name__)
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+
+@dataclass(frozen=True)
+class BenchSetting:
+    """What to measure. ``bert_layers=0`` means stored text features (768-d)."""
+
+    dataset: str = "mosi"
+    aligned: bool = True
+    bert_layers: int = 0
+    bert_hidden: int = 768
+    batch_size: int = 16
+    device: str = "cpu"
+    threads: int | None = None
+    window_batches: int = 20
+    windows: int = 3
+    eval_batches: int = 10
+    bf16: bool = False
+    compile: bool = False
+
+    @property
+    def name(self) -> str:
+        text = f"bert{self.bert_layers}x{self.bert_hidden}" if self.bert_layers else "features"
+        extra = ("-bf16" if self.bf16 else "") + ("-compile" if self.compile else "")
+        return f"{self.dataset}-{'aligned' if self.aligned else 'unaligned'}-{text}-b{self.batch_size}-{self.device}{extra}"
+
+    def model_config(self) -> DMDConfig:
+        bert = None
+        if self.bert_layers:
+            heads = max(1, self.bert_hidden // 64)
+            bert = BertSpec(name_or_path=None, config=dict(
+                vocab_size=30522, hidden_size=self.bert_hidden, num_hidden_layers=self.bert_layers,
+                num_attention_heads=heads, intermediate_size=4 * self.bert_hidden, max_position_embeddings=512,
+            ))  # fmt: skip
+        return preset(self.dataset, self.aligned, bert=bert)
+
+
+def random_split(cfg: DMDConfig, n: int, name: str, seed: int = 0) -> Split:
+    """``n`` random samples with the shapes ``cfg`` expects (token ids when it uses BERT)."""
+    g = torch.Generator().manual_seed(seed)
+    (lt, lv, la), (dt, dv, da) = cfg.seq_lens, cfg.feature_dims
+    if cfg.bert is not None:
+        vocab = int((cfg.bert.config or {}).get("vocab_size", 30522))
+        ids = torch.randint(1000, vocab, (n, lt), generator=g)
+        text = torch.stack([ids, torch.ones_like(ids), torch.zeros_like(ids)], 1)
+    else:
+        text = torch.randn(n, lt, dt, generator=g)
+    labels = torch.randint(-6, 7, (n,), generator=g).float() / 2
+    return Split(
+        name=name, text=text, audio=torch.randn(n, la, da, generator=g), vision=torch.randn(n, lv, dv, generator=g),
+        labels=labels, audio_lengths=None, vision_lengths=None, ids=[f"s{i}" for i in range(n)],
+        raw_text=[""] * n,
+    )  # fmt: skip
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a ``size``-square matmul on ``device`` (best of ``repeats``): the MFU denominator."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def count_flops(model, batch, bf16: bool, train: bool) -> float:
+    """FLOPs of one forward (+ backward when ``train``) on ``batch``, by PyTorch's flop counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .devices import autocast
+
+    device = batch.labels.device
+    model.train(train)
+    with FlopCounterMode(display=False) as counter:
+        with torch.set_grad_enabled(train), autocast(device, bf16):
+            out = model(batch.text, batch.audio, batch.vision)
+            loss = total_loss(model, out, batch.labels).total if train else out.prediction.sum()
+        if train:
+            loss.backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def peak_rss_bytes() -> int:
+    """Maximum resident set size of this process so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if platform.system() == "Darwin" else peak * 1024)
+
+
+def run_benchmark(setting: BenchSetting) -> dict[str, Any]:
+    """Measure ``setting``; returns the result record (also what :func:`record` writes)."""
+    from .train import Trainer, predict
+
+    if setting.threads:
+        torch.set_num_threads(setting.threads)
+    device = torch.device(setting.device)
+    cfg = setting.model_config()
+    n_train = setting.batch_size * setting.window_batches
+    n_eval = setting.batch_size * setting.eval_batches
+    splits = {"train": random_split(cfg, n_train, "train", 1), "valid": random_split(cfg, n_eval, "valid", 2),
+              "test": random_split(cfg, n_eval, "test", 3)}  # fmt: skip
+    if device.type == "cuda":
+        splits = {k: v.to(device) for k, v in splits.items()}  # the whole split on the GPU
+        torch.cuda.reset_peak_memory_stats(device)
+    dataset = MMSADataset(Path("<random>"), splits, cfg.aligned, cfg.seq_lens, cfg.feature_dims,
+                          "bert" if cfg.use_bert else "features", dataset_name=cfg.dataset)  # fmt: skip
+    tcfg = TrainConfig(batch_size=setting.batch_size, bf16=setting.bf16, compile=setting.compile)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, dataset, tcfg, tmp, seed=1111, device=device, progress=False, distributed=False)
+        first = next(splits["train"].batches(setting.batch_size, device=device))
+        flops_train = count_flops(trainer.model, first, setting.bf16, train=True) / setting.batch_size
+        flops_eval = count_flops(trainer.model, first, setting.bf16, train=False) / setting.batch_size
+
+        def timed(fn) -> float:
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            return time.perf_counter() - start
+
+        warmup = timed(trainer.train_epoch)
+        train_times = [timed(trainer.train_epoch) for _ in range(setting.windows)]
+        evaluate = lambda: predict(trainer.model, splits["test"], device, batch_size=setting.batch_size,  # noqa: E731
+                                   bf16=setting.bf16)  # fmt: skip
+        timed(evaluate)
+        eval_times = [timed(evaluate) for _ in range(setting.windows)]
+    train_sps = n_train / statistics.median(train_times)
+    eval_sps = n_eval / statistics.median(eval_times)
+    dtype = torch.bfloat16 if setting.bf16 else torch.float32
+    peak = peak_matmul_flops(device, dtype)
+    return {
+        "setting": asdict(setting) | {"name": setting.name, "threads": torch.get_num_threads()},
+        "train_samples_per_s": train_sps,
+        "train_window_s": train_times,
+        "warmup_s": warmup,
+        "eval_samples_per_s": eval_sps,
+        "peak_rss_gb": peak_rss_bytes() / 1e9,
+        "peak_device_gb": torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None,
+        "flops_per_train_sample": flops_train,
+        "flops_per_eval_sample": flops_eval,
+        "peak_matmul_flops": peak,
+        "train_mfu": flops_train * train_sps / peak,
+        "eval_mfu": flops_eval * eval_sps / peak,
+        "machine": machine_info(device),
+    }
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    import transformers
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    return {
+        "cpu": cpu, "cpus": os.cpu_count(), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M"),
+    }  # fmt: skip
+
+
+TABLE_HEADER = (
+    "| date | commit | setting | threads | train samples/s | eval samples/s | peak RSS GB | peak GPU GB "
+    "| GFLOP/train sample | train MFU | machine |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+)
+
+
+def record(result: dict[str, Any], folder: Path = RESULTS) -> Path:
+    """Write ``result`` as JSON and append a row to ``results.md`` in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    m, s = result["machine"], result["setting"]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = folder / f"{s['name']}-{stamp}.json"
+    path.write_text(json.dumps(result, indent=2))
+    table = folder / "results.md"
+    if not table.exists():
+        table.write_text("# Benchmark results (`dmd bench`)\n\n" + TABLE_HEADER)
+    gpu = "" if result["peak_device_gb"] is None else f"{result['peak_device_gb']:.2f}"
+    row = (f"| {m['date']} | {m['commit']} | {s['name']} | {s['threads']} | {result['train_samples_per_s']:.1f} "
+           f"| {result['eval_samples_per_s']:.1f} | {result['peak_rss_gb']:.2f} | {gpu} "
+           f"| {result['flops_per_train_sample'] / 1e9:.2f} | {100 * result['train_mfu']:.1f}% "
+           f"| {m['gpu'] or m['cpu']}, torch {m['torch']} |\n")  # fmt: skip
+    with table.open("a") as f:
+        f.write(row)
+    return path
+
+
+def add_cli(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="measure training/evaluation speed, memory and MFU",
+        description="Measure DMD training and evaluation throughput, peak memory and model FLOPs utilisation on "
+        "random inputs of the real shapes; writes JSON and a row of benchmarks/results/results.md.",
+    )  # fmt: skip
+    p.add_argument("--dataset", choices=["mosi", "mosei"], default="mosi", help="official preset and input shapes")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--aligned", dest="aligned", action="store_true", default=True, help="aligned inputs (default)")
+    g.add_argument("--unaligned", dest="aligned", action="store_false", help="unaligned (long audio/vision) inputs")
+    p.add_argument("--bert-layers", type=int, default=0,
+                   help="text through a randomly initialised BERT with this many layers (0: stored text features)")
+    p.add_argument("--bert-hidden", type=int, default=768, help="BERT hidden size (768 = bert-base)")
+    p.add_argument("--batch-size", type=int, default=16, help="mini-batch size (official: 16)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--window-batches", type=int, default=20, help="mini-batches per timed training window")
+    p.add_argument("--windows", type=int, default=3, help="timed windows (the median is reported)")
+    p.add_argument("--eval-batches", type=int, default=10, help="mini-batches per timed evaluation window")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
+    p.set_defaults(func=_run_cli)
+
+
+def _run_cli(args: argparse.Namespace) -> int:
+    setting = BenchSetting(
+        dataset=args.dataset, aligned=args.aligned, bert_layers=args.bert_layers, bert_hidden=args.bert_hidden,
+        batch_size=args.batch_size, device=args.device, threads=args.threads, window_batches=args.window_batches,
+        windows=args.windows, eval_batches=args.eval_batches, bf16=args.bf16, compile=args.compile,
+    )  # fmt: skip
+    result = run_benchmark(setting)
+    path = record(result, args.out)
+    print(f"{setting.name}: train {result['train_samples_per_s']:.1f} samples/s, eval "
+          f"{result['eval_samples_per_s']:.1f} samples/s, peak RSS {result['peak_rss_gb']:.2f} GB, "
+          f"train MFU {100 * result['train_mfu']:.1f}% -> {path}")  # fmt: skip
+    return 0
