@@ -443,7 +443,9 @@ class Trainer:
         self.generator.set_state(state["generator"])
 
     def _assert_finite_weights(self, what: str) -> None:
-        bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        params = list(self.model.named_parameters())
+        finite = torch.stack([torch.isfinite(p).all() for _, p in params]).cpu()  # one host sync
+        bad = [n for (n, _), ok in zip(params, finite.tolist()) if not ok]
         if bad:
             raise NonFiniteLossError(
                 f"epoch {self.epoch}: non-finite weights in {bad[:5]}{' ...' if len(bad) > 5 else ''}; "
@@ -555,20 +557,24 @@ class Trainer:
         """Train until early stopping or ``max_epochs``, then test the best weights. Writes the run folder."""
         main = self.dist.is_main
         last_file = self.run_dir / runs.LAST
-        if resume and last_file.is_file():
+        # Rank 0 looks at the folder before anyone writes, and every rank follows its answer
+        # (under DDP the run folder must be on a file system that every rank sees).
+        decision = [resume and last_file.is_file(), not resume and (self.run_dir / runs.CONFIG).exists()]
+        if self.dist.enabled:
+            dist.broadcast_object_list(decision, src=0)
+        resuming, occupied = decision
+        if occupied:
+            raise FileExistsError(
+                f"{self.run_dir} already holds a run; resume it (resume=True, dmd train --resume) or pick another folder"
+            )
+        if resuming:
             self._check_resumable(runs.load_run(self.run_dir).meta)
             self.load_state(runs.load_checkpoint(last_file, map_location=self.device))
             log.info("resuming %s after epoch %d", self.run_dir, self.epoch)
             if self.stop_reason == "max_epochs" and (self.tcfg.max_epochs is None or self.tcfg.max_epochs > self.epoch):
                 self.stop_reason = ""  # the bound was raised: carry on
-        else:
-            if (self.run_dir / runs.CONFIG).exists() and not resume:
-                raise FileExistsError(
-                    f"{self.run_dir} already holds a run; resume it (resume=True, dmd train --resume) or pick "
-                    f"another folder"
-                )
-            if main:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
+        elif main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         if main:
             runs.write_json(self.run_dir / runs.CONFIG, self.meta)
         max_epochs = self.tcfg.max_epochs
@@ -788,7 +794,7 @@ def _bert_spec(name: str | None):
     from urllib.parse import urlparse
 
     from .config import BertSpec
-    from .model import load_bert
+    from .model import BertUnavailableError, load_bert
 
     if name is None or name.lower() == "none":
         return None, None
@@ -812,9 +818,12 @@ def _bert_spec(name: str | None):
     try:
         socket.create_connection((host, endpoint.port or (80 if endpoint.scheme == "http" else 443)), timeout=5).close()
     except OSError as err:
-        log.info("%s cannot be reached (%s): not trying to download %r", host, err, name)
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        load_bert(name)  # raises BertUnavailableError with the message that says what to do
+        raise BertUnavailableError(
+            f"cannot load BERT {name!r}: not a local folder, not in the Hugging Face cache, and {host} cannot be "
+            f"reached ({err}), so it cannot be downloaded. Point --bert to a local folder holding config.json and "
+            f"the weights (e.g. saved with BertModel.save_pretrained on a machine with network), or train on the "
+            f"file's stored text features instead (--bert none)."
+        ) from None
     return BertSpec(name_or_path=name), 768
 
 
