@@ -271,7 +271,9 @@ def _check_split(split: Split, cfg: DMDConfig) -> None:
     for key, want in (("text", want_text), ("audio", (A, da)), ("vision", (V, dv))):
         found = tuple(getattr(split, key).shape[1:])
         if found != want:
-            hint = " (BERT token ids expected: load the file with text='bert')" if key == "text" and cfg.use_bert else ""
+            hint = (
+                " (BERT token ids expected: load the file with text='bert')" if key == "text" and cfg.use_bert else ""
+            )
             raise ValueError(f"split {split.name!r}, {key}: expected per-sample shape {want}, found {found}{hint}")
 
 
@@ -536,7 +538,9 @@ class Trainer:
         """Validation loss, metrics and mean edges (rank 0 computes; the loss is broadcast to every rank)."""
         row: dict[str, float] = {}
         if self.dist.is_main:
-            pred = predict(self.model, self.dataset["valid"], self.device, batch_size=self._eval_bs(), bf16=self.tcfg.bf16)
+            pred = predict(
+                self.model, self.dataset["valid"], self.device, batch_size=self._eval_bs(), bf16=self.tcfg.bf16
+            )
             scores = _scores(pred)
             row["valid_loss"] = scores["loss"]
             row.update({f"valid_{m}": scores[m] for m in METRIC_NAMES})
@@ -909,9 +913,11 @@ def _cli_test(args: argparse.Namespace) -> int:
         if not args.run:
             raise ValueError("give a run folder, or --checkpoint with --reference-config and --data")
         folder = Path(args.run)
-        run_list = list(runs.load_seeds(folder).runs.values()) if not (folder / runs.CONFIG).is_file() else [
-            runs.load_run(folder)
-        ]
+        run_list = (
+            list(runs.load_seeds(folder).runs.values())
+            if not (folder / runs.CONFIG).is_file()
+            else [runs.load_run(folder)]
+        )
         targets = {}
         for run in run_list:
             if run.config.bert is not None and run.config.bert.name_or_path is not None:
@@ -967,21 +973,39 @@ def _run_cli(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default=None,
-                   help="cpu, cuda, cuda:N or mps (default: CUDA if available, then Apple MPS, then CPU)")
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:N or mps (default: CUDA if available, then Apple MPS, then CPU)"
+    )
     p.add_argument("--bert", default=None, metavar="NAME|DIR|none",
                    help="BERT for the text: a local folder with config.json and weights (e.g. saved with "
                         "save_pretrained), a Hugging Face name (needs the network or the local cache), or none "
                         "to use the file's stored text features")  # fmt: skip
-    p.add_argument("--dataset", choices=("mosi", "mosei"), default=None,
-                   help="which official hyper-parameters (preset) to use (default: guessed from the file)")
+    p.add_argument(
+        "--dataset",
+        choices=("mosi", "mosei"),
+        default=None,
+        help="which official hyper-parameters (preset) to use (default: guessed from the file)",
+    )
     align = p.add_mutually_exclusive_group()
-    align.add_argument("--aligned", dest="aligned", action="store_true", default=None,
-                       help="the file must be word-aligned (aligned_50.pkl); an error if it is not")
-    align.add_argument("--unaligned", dest="aligned", action="store_false",
-                       help="the file must be unaligned (unaligned_50.pkl); an error if it is not")
-    p.add_argument("--mmap-dir", default=None, metavar="DIR",
-                   help="convert the file once to memory-mapped arrays in DIR (for MOSEI unaligned on little RAM)")
+    align.add_argument(
+        "--aligned",
+        dest="aligned",
+        action="store_true",
+        default=None,
+        help="the file must be word-aligned (aligned_50.pkl); an error if it is not",
+    )
+    align.add_argument(
+        "--unaligned",
+        dest="aligned",
+        action="store_false",
+        help="the file must be unaligned (unaligned_50.pkl); an error if it is not",
+    )
+    p.add_argument(
+        "--mmap-dir",
+        default=None,
+        metavar="DIR",
+        help="convert the file once to memory-mapped arrays in DIR (for MOSEI unaligned on little RAM)",
+    )
 
 
 def add_cli(subparsers) -> None:
@@ -994,39 +1018,78 @@ def add_cli(subparsers) -> None:
                     "clipped by value 0.6, ReduceLROnPlateau and early stopping on the validation L1 loss), "
                     "one run per seed, then test the best-validation weights.",
     )  # fmt: skip
-    p.add_argument("--data", required=True, metavar="FILE",
-                   help="MMSA pickle: aligned_50.pkl / unaligned_50.pkl of MOSI or MOSEI, or a `dmd synth` file")
+    p.add_argument(
+        "--data",
+        required=True,
+        metavar="FILE",
+        help="MMSA pickle: aligned_50.pkl / unaligned_50.pkl of MOSI or MOSEI, or a `dmd synth` file",
+    )
     _add_common(p)
-    p.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds), metavar="N",
-                   help=f"seeds, run one after another (default: {' '.join(map(str, d.seeds))})")
-    p.add_argument("--max-epochs", type=int, default=None, metavar="N",
-                   help="stop after N epochs at the latest (default: no bound, early stopping only)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=list(d.seeds),
+        metavar="N",
+        help=f"seeds, run one after another (default: {' '.join(map(str, d.seeds))})",
+    )
+    p.add_argument(
+        "--max-epochs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop after N epochs at the latest (default: no bound, early stopping only)",
+    )
     p.add_argument("--out", default=None, metavar="DIR", help="run folder (default: runs/<data file name>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the runs in --out from their last completed epoch (same config and seeds; "
                         "--max-epochs may be raised); finished seeds are only re-tested")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"mini-batch size (default {d.batch_size})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
-    p.add_argument("--accumulation", type=int, default=d.accumulation,
-                   help=f"mini-batches whose gradients are summed per optimizer step (default {d.accumulation})")
-    p.add_argument("--grad-clip", type=float, default=d.grad_clip,
-                   help=f"clip gradients by value after every backward; <= 0 turns it off (default {d.grad_clip})")
-    p.add_argument("--patience", type=int, default=d.plateau_patience,
-                   help=f"ReduceLROnPlateau patience in epochs (default {d.plateau_patience})")
-    p.add_argument("--early-stop", type=int, default=d.early_stop,
-                   help=f"stop after this many epochs without a better validation loss (default {d.early_stop})")
-    p.add_argument("--eval-batch-size", type=int, default=None,
-                   help="batch size for validation and test (default: --batch-size)")
+    p.add_argument(
+        "--accumulation",
+        type=int,
+        default=d.accumulation,
+        help=f"mini-batches whose gradients are summed per optimizer step (default {d.accumulation})",
+    )
+    p.add_argument(
+        "--grad-clip",
+        type=float,
+        default=d.grad_clip,
+        help=f"clip gradients by value after every backward; <= 0 turns it off (default {d.grad_clip})",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=d.plateau_patience,
+        help=f"ReduceLROnPlateau patience in epochs (default {d.plateau_patience})",
+    )
+    p.add_argument(
+        "--early-stop",
+        type=int,
+        default=d.early_stop,
+        help=f"stop after this many epochs without a better validation loss (default {d.early_stop})",
+    )
+    p.add_argument(
+        "--eval-batch-size", type=int, default=None, help="batch size for validation and test (default: --batch-size)"
+    )
     p.add_argument("--no-leftover-step", action="store_true",
                    help="drop the gradients of the last, incomplete group of mini-batches of each epoch, as the "
                         "reference does (default: they take an optimizer step)")  # fmt: skip
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
     p.add_argument("--no-tf32", action="store_true", help="keep float32 matmuls exact on CUDA (TF32 is on by default)")
     p.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
-    p.add_argument("--parallel-seeds", action="store_true",
-                   help="under torchrun: each process trains its own seeds instead of sharing one run (DDP)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a model config field, e.g. --set d=32 --set ort_axis=feature (repeatable)")
+    p.add_argument(
+        "--parallel-seeds",
+        action="store_true",
+        help="under torchrun: each process trains its own seeds instead of sharing one run (DDP)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a model config field, e.g. --set d=32 --set ort_axis=feature (repeatable)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_cli(_cli_train))
 
@@ -1035,20 +1098,35 @@ def add_cli(subparsers) -> None:
         description="Evaluate trained weights on a split of an MMSA file: MMSA's metrics (Has0/Non0 Acc-2 and "
                     "F1, Acc-5, Acc-7, MAE, Corr) and the L1 loss; optionally with modalities zeroed.",
     )  # fmt: skip
-    t.add_argument("run", nargs="?", metavar="RUN_DIR",
-                   help="a run folder written by dmd train (one seed, or a folder of seed_<n> runs)")
-    t.add_argument("--data", default=None, metavar="FILE",
-                   help="MMSA pickle (default for a run folder: the file it was trained on)")
+    t.add_argument(
+        "run",
+        nargs="?",
+        metavar="RUN_DIR",
+        help="a run folder written by dmd train (one seed, or a folder of seed_<n> runs)",
+    )
+    t.add_argument(
+        "--data",
+        default=None,
+        metavar="FILE",
+        help="MMSA pickle (default for a run folder: the file it was trained on)",
+    )
     _add_common(t)
-    t.add_argument("--checkpoint", default=None, metavar="FILE",
-                   help="a state dict saved by the reference implementation (GD-Units not included)")
+    t.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="FILE",
+        help="a state dict saved by the reference implementation (GD-Units not included)",
+    )
     t.add_argument("--reference-config", default=None, metavar="FILE",
                    help="the reference's config.json (with --checkpoint; --dataset and --aligned/--unaligned pick "
                         "its section, default mosi aligned)")  # fmt: skip
     t.add_argument("--split", choices=("test", "valid", "train"), default="test", help="which split (default test)")
     t.add_argument("--which", choices=("best", "last"), default="best", help="which weights of a run (default best)")
-    t.add_argument("--missing", action="store_true",
-                   help="also evaluate with every subset of modalities zeroed at test time (7 rows)")
+    t.add_argument(
+        "--missing",
+        action="store_true",
+        help="also evaluate with every subset of modalities zeroed at test time (7 rows)",
+    )
     t.add_argument("--batch-size", type=int, default=64, help="evaluation batch size (default 64)")
     t.add_argument("--json", default=None, metavar="FILE", help="also write the results to FILE as JSON")
     t.set_defaults(func=_run_cli(_cli_test))

@@ -59,7 +59,9 @@ def tiny_split(name: str, cfg, n: int, seed: int) -> Split:
 def tiny_dataset(cfg=None, sizes=(40, 16, 16), seed: int = 0) -> dict[str, Split]:
     """A dict of splits: ``train`` accepts any object with ``ds["train"]``."""
     cfg = cfg or tiny_config()
-    return {name: tiny_split(name, cfg, n, seed + k) for k, (name, n) in enumerate(zip(("train", "valid", "test"), sizes))}
+    return {
+        name: tiny_split(name, cfg, n, seed + k) for k, (name, n) in enumerate(zip(("train", "valid", "test"), sizes))
+    }
 
 
 @pytest.fixture(autouse=True)
@@ -154,7 +156,9 @@ def test_same_seed_twice_is_bit_identical_and_another_seed_is_not(tmp_path):
     assert a.test_metrics == b.test_metrics
     assert same_weights(a.model.state_dict(), b.model.state_dict())
     assert not same_weights(a.model.state_dict(), c.model.state_dict())
-    assert (tmp_path / "a" / "test_predictions.csv").read_bytes() == (tmp_path / "b" / "test_predictions.csv").read_bytes()
+    assert (tmp_path / "a" / "test_predictions.csv").read_bytes() == (
+        tmp_path / "b" / "test_predictions.csv"
+    ).read_bytes()
 
 
 def _plateau_recipe() -> TrainConfig:
