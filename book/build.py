@@ -24,6 +24,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -78,6 +79,55 @@ def chapter_parameters(name: str, ci: bool, work_dir: Path, overrides: dict[str,
     return params
 
 
+def terminal_text(text: str) -> str:
+    """What a terminal would show after printing ``text``, as plain lines.
+
+    Handles what progress bars (tqdm) use to redraw themselves: carriage returns, newlines and
+    cursor-up (``ESC[A``) for nested bars. Lines left blank by cleared bars are dropped.
+    """
+    lines: dict[int, str] = {}
+    row = col = 0
+    for token in re.split(r"(\r|\n|\x1b\[A)", text):
+        if token == "\r":
+            col = 0
+        elif token == "\n":
+            row, col = row + 1, 0
+        elif token == "\x1b[A":
+            row = max(row - 1, 0)
+        elif token:
+            old = lines.get(row, "")
+            lines[row] = old[:col] + token + old[col + len(token) :]
+            col += len(token)
+    kept = [lines[r].rstrip() for r in sorted(lines) if lines[r].strip()]
+    return "\n".join(kept) + ("\n" if kept else "")
+
+
+def tidy_streams(path: Path) -> None:
+    """Merge consecutive stream outputs of a cell and render carriage returns, in an executed notebook.
+
+    The executed copy then shows each progress bar's final state once, as a reader of a static
+    page should see it (the sources are never touched).
+    """
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        merged: list = []
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "stream" and merged and merged[-1].get("output_type") == "stream" \
+                    and merged[-1].get("name") == out.get("name"):  # fmt: skip
+                merged[-1]["text"] += out["text"]
+            else:
+                merged.append(out)
+        for out in merged:
+            if out.get("output_type") == "stream":
+                out["text"] = terminal_text(out["text"])
+        cell["outputs"] = [o for o in merged if o.get("output_type") != "stream" or o["text"]]
+    nbformat.write(nb, path)
+
+
 def execute(names: list[str], ci: bool, work_dir: Path, overrides: dict[str, Any], kernel: str | None) -> dict:
     """Run papermill on each chapter in order; returns ``{name: seconds}``. Raises on the first failure."""
     import papermill
@@ -106,6 +156,7 @@ def execute(names: list[str], ci: bool, work_dir: Path, overrides: dict[str, Any
                 f"{src.relative_to(ROOT)} raised in cell {err.exec_count}: {err.ename}: {err.evalue}\n"
                 f"(the executed copy with the traceback is {dst.relative_to(ROOT)})"
             ) from None
+        tidy_streams(dst)
         timings[name] = round(time.perf_counter() - start, 1)
         log.info("%s executed in %.1f s", name, timings[name])
     return timings
@@ -221,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(["book check failed:", *problems]), file=sys.stderr)
             return 1
         log.info("book built and checked: %s", BUILD_DIR / "html" / "index.html")
-    if timings:
+    if not args.no_execute:
         EXECUTED_DIR.mkdir(parents=True, exist_ok=True)
         (EXECUTED_DIR / "timings.json").write_text(json.dumps({"ci": args.ci, "seconds": timings}, indent=2) + "\n")
         log.info("timings (s): %s", timings)

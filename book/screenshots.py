@@ -12,6 +12,7 @@ check a person runs, not a test.
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import subprocess
 import sys
@@ -27,7 +28,8 @@ sys.path.insert(0, str(ROOT / "book"))
 from build import BUILD_DIR, toc_pages  # noqa: E402
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]  # fmt: skip
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+                  "--virtual-time-budget=8000"]  # fmt: skip
 
 
 def shoot(html: Path, out_stem: Path, width: int, height: int, slice_height: int, browser: str) -> list[Path]:
@@ -38,8 +40,15 @@ def shoot(html: Path, out_stem: Path, width: int, height: int, slice_height: int
         subprocess.run(cmd, check=True, capture_output=True, timeout=120)
         image = Image.open(full).convert("RGB")
     pixels = np.asarray(image)
-    rows = np.where((pixels < 245).any(axis=(1, 2)))[0]
+    content = (pixels[:, width // 5 :] < 245).any(axis=2)  # right of the navigation sidebar and its border
+    rows = np.where(content.sum(axis=1) > 2)[0]
     bottom = int(rows.max()) + 20 if len(rows) else slice_height
+    # The theme pins its footer to the bottom of the (tall) window: cut at the white gap above it.
+    gaps = np.where(np.diff(rows) > 300)[0] if len(rows) else []
+    if len(gaps) and rows[-1] > height - 200:
+        bottom = int(rows[gaps[-1]]) + 40
+    elif len(rows) and rows[-1] > height - 200:
+        print(f"{html.name}: longer than the {height}px window; the end is cut off", file=sys.stderr)
     paths = []
     for k, top in enumerate(range(0, min(bottom, height), slice_height)):
         path = out_stem.parent / f"{out_stem.name}_{k:02d}.png"
@@ -56,13 +65,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=16000, help="window height: longer pages are cut off")
     parser.add_argument("--slice", type=int, default=1400)
+    parser.add_argument("--mathjax", type=Path, default=None,
+                        help="a local MathJax 3 folder (holding es5/tex-mml-chtml.js) to use instead of the CDN, "
+                        "for machines without network")  # fmt: skip
     args = parser.parse_args(argv)
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if browser is None:
         parser.error("no chromium found (apt-get install chromium)")
     args.out.mkdir(parents=True, exist_ok=True)
+    html_dir = args.html_dir
+    if args.mathjax is not None:
+        html_dir = Path(tempfile.mkdtemp(prefix="book-html-"))
+        shutil.copytree(args.html_dir, html_dir, dirs_exist_ok=True)
+        local = (args.mathjax / "es5" / "tex-mml-chtml.js").resolve().as_uri()
+        for file in html_dir.rglob("*.html"):
+            text = file.read_text(encoding="utf-8")
+            file.write_text(re.sub(r"https://cdn\.jsdelivr\.net/npm/mathjax@3/es5/tex-mml-chtml\.js", local, text))
     for page in args.pages or toc_pages():
-        html = args.html_dir / f"{page}.html"
+        html = html_dir / f"{page}.html"
         if not html.is_file():
             print(f"missing {html}", file=sys.stderr)
             return 1

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import matplotlib.colors as mcolors
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -103,18 +104,18 @@ def architecture(ax: Axes | None = None) -> Figure:
     belong to no single modality. The three grey "shared" boxes are one encoder
     (the same weights). Dashed: used only by the losses.
     """
-    fig, ax = _axes(ax, (11, 5.8))
+    fig, ax = _axes(ax, (9.6, 5.1))
     ax.set_xlim(-0.1, 15.0)
     ax.set_ylim(-0.9, 7.3)
     ax.axis("off")
     ax.grid(False)
     rows = {"L": 5.8, "V": 3.6, "A": 1.4}  # centre line of each modality's row
-    inputs = {"L": "language\nBERT / text features", "V": "vision\nfacial features", "A": "audio\nacoustic features"}
+    inputs = {"L": "language\n(BERT)", "V": "vision\n(face)", "A": "audio\n(voice)"}
     hetero_y = {"L": 6.0, "V": 5.45, "A": 4.9}
     for i, (m, y) in enumerate(rows.items()):
         c = PALETTE[m]
         _box(ax, 0.0, y - 0.4, 1.8, 0.8, inputs[m], c)
-        _box(ax, 2.2, y - 0.4, 1.4, 0.8, f"temporal Conv1d\n$x_{m}$", c, fontsize=8)
+        _box(ax, 2.2, y - 0.4, 1.4, 0.8, f"temporal conv\n$x_{m}$", c, fontsize=8)
         _arrow(ax, (1.8, y), (2.2, y), c)
         _box(ax, 4.2, y + 0.15, 1.4, 0.55, f"private $E_{m}$: $s_{m}$", c, fontsize=8)
         _box(ax, 4.2, y - 0.75, 1.4, 0.55, f"shared $E_c$: $c_{m}$", NEUTRAL, fontsize=8)
@@ -133,7 +134,7 @@ def architecture(ax: Axes | None = None) -> Figure:
     ax.text(8.2, 6.65, "heterogeneous branch (on $s_m$)", ha="center", fontsize=8.5, weight="bold")
     for m in MODALITIES:
         a, b = (n for n in MODALITIES if n != m)
-        _box(ax, 6.8, hetero_y[m] - 0.21, 2.8, 0.42, f"cross-modal Transformers {m} ← {a}, {b}", PALETTE[m],
+        _box(ax, 6.8, hetero_y[m] - 0.21, 2.8, 0.42, f"cross-modal {m} ← {a}, {b}", PALETTE[m],
              fontsize=7.2)  # fmt: skip
     _box(ax, 6.8, 4.05, 2.8, 0.45, "HeteroGD-Unit\n(prior: L→V, L→A, V→A)", NEUTRAL, fill=0.3, fontsize=7.2)
     # Homogeneous branch on shared features.
@@ -261,22 +262,29 @@ def edges_heatmap(edges: np.ndarray, ax: Axes | None = None, title: str = "", pr
 
 
 def edge_curves(edges: Mapping[str, pd.DataFrame], priors: Mapping[str, Sequence[float]] | None = None,
-                sharey: bool = True, figsize: tuple[float, float] | None = None) -> Figure:  # fmt: skip
+                sharey: bool = True, figsize: tuple[float, float] | None = None, ncols: int | None = None) -> Figure:  # fmt: skip
     """The paper's edge figure: the six mean normalised edges against the epoch, one panel per GD-Unit.
 
     ``edges``: panel title -> DataFrame indexed by epoch with columns :data:`EDGE_NAMES`.
-    ``priors``: panel title -> the unit's prior (six values), drawn as ticks on
-    the right edge. A dotted line marks 1/6, where every edge starts.
+    ``priors``: panel title -> the unit's prior (six values), drawn as triangles on
+    the right edge. A dotted line marks 1/6, where every edge starts. ``ncols``:
+    panels per row (default: all in one row).
     """
     n = len(edges)
-    fig, axes = plt.subplots(1, n, figsize=figsize or (5.2 * n, 3.6), sharey=sharey)
-    axes = np.atleast_1d(axes)
-    for ax, (title, frame) in zip(axes, edges.items()):
+    ncols = ncols or n
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=figsize or (5.2 * ncols, 3.4 * nrows + 0.4), sharey=sharey,
+                             squeeze=False, layout="constrained")  # fmt: skip
+    values = [1 / 6, *(v for f in edges.values() for v in f[list(EDGE_NAMES)].to_numpy().ravel())]
+    if priors is not None:
+        values += [float(p) for title in edges if title in priors for p in priors[title]]
+    gap = 0.06 * (max(values) - min(values) or 1.0)
+    for ax, (title, frame) in zip(axes.ravel(), edges.items()):
         epochs = frame.index.to_numpy()
         for edge in EDGE_NAMES:
             ax.plot(epochs, frame[edge].to_numpy(), linewidth=1.8, label=edge, **edge_style(edge))
         ax.axhline(1 / 6, color="black", linestyle=":", linewidth=0.8)
-        ends = _spread([frame[e].iloc[-1] for e in EDGE_NAMES], gap=0.018)
+        ends = _spread([frame[e].iloc[-1] for e in EDGE_NAMES], gap=gap)
         for edge, y in zip(EDGE_NAMES, ends):
             ax.annotate(edge, (epochs[-1], y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8,
                         color=PALETTE[edge_parts(edge)[0]])  # fmt: skip
@@ -286,9 +294,13 @@ def edge_curves(edges: Mapping[str, pd.DataFrame], priors: Mapping[str, Sequence
                         clip_on=False, markersize=5)  # fmt: skip
         ax.set_title(title)
         ax.set_xlabel("epoch")
-        ax.margins(x=0.12)
-    axes[0].set_ylabel("mean normalised edge weight")
-    axes[-1].legend(loc="upper left", fontsize=7.5, ncol=2)
+        ax.margins(x=0.15)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    for row in axes:
+        row[0].set_ylabel("mean edge weight")
+    handles, labels = axes.ravel()[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=6, fontsize=8, handlelength=2.5)
     return fig
 
 
@@ -330,6 +342,32 @@ def edge_graph(weights: Mapping[str, float] | Sequence[float], ax: Axes | None =
     return fig
 
 
+def edge_matrix(tables: Mapping[str, pd.DataFrame], vmax: float | None = None) -> Figure:
+    """Annotated heatmaps of mean edges, one panel per GD-Unit: rows are runs, columns :data:`EDGE_NAMES`.
+
+    Colours are centred on 1/6 (white): red above the uniform graph, blue below.
+    """
+    first = next(iter(tables.values()))
+    top = vmax or max(1 / 3, max(float(t[list(EDGE_NAMES)].to_numpy().max()) for t in tables.values()))
+    norm = mcolors.TwoSlopeNorm(vmin=0.0, vcenter=1 / 6, vmax=top)
+    fig, axes = plt.subplots(1, len(tables), figsize=(4.2 * len(tables) + 1.6, 0.42 * len(first) + 1.3),
+                             sharey=True, layout="constrained")  # fmt: skip
+    axes = np.atleast_1d(axes)
+    for ax, (title, table) in zip(axes, tables.items()):
+        data = table[list(EDGE_NAMES)].to_numpy(dtype=float)
+        im = ax.imshow(data, cmap="RdBu_r", norm=norm, aspect="auto")
+        for (i, j), v in np.ndenumerate(data):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(6), EDGE_NAMES)
+        for tick, edge in zip(ax.get_xticklabels(), EDGE_NAMES):
+            tick.set_color(PALETTE[edge_parts(edge)[0]])
+        ax.set_yticks(range(len(table)), [str(i) for i in table.index])
+        ax.set_title(title)
+        ax.grid(False)
+    fig.colorbar(im, ax=list(axes), label="mean edge weight (white: 1/6)", shrink=0.9)
+    return fig
+
+
 def grouped_edge_bars(table: pd.DataFrame, ax: Axes | None = None, title: str = "") -> Figure:
     """Bars of the six edges (columns :data:`EDGE_NAMES`) for each row of ``table`` (e.g. sentiment classes)."""
     fig, ax = _axes(ax, (7.0, 3.0))
@@ -344,19 +382,28 @@ def grouped_edge_bars(table: pd.DataFrame, ax: Axes | None = None, title: str = 
     ax.set_xticks(x, [str(g) for g in groups])
     ax.set_ylabel("mean edge weight")
     ax.set_title(title)
-    ax.legend(ncol=3, fontsize=7.5, loc="upper right")
+    ax.legend(ncol=6, fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.12), handlelength=1.5,
+              columnspacing=0.8)  # fmt: skip
     return fig
 
 
 def attention_map(weights: np.ndarray, target: str, source: str, ax: Axes | None = None) -> Figure:
-    """Cross-modal attention ``(T_target, T_source)``: which source steps each target step reads."""
+    """Cross-modal attention ``(T_target, T_source)``: which source steps each target step reads.
+
+    Log colour scale (a query that sees ``n`` keys gives each about ``1/n``); masked keys are grey.
+    """
     fig, ax = _axes(ax, (4.2, 3.6))
-    im = ax.imshow(np.asarray(weights), aspect="auto", cmap="magma", origin="lower")
+    weights = np.asarray(weights, dtype=float)
+    shown = np.where(weights > 0, weights, np.nan)  # masked keys (weight 0) drawn grey
+    cmap = plt.get_cmap("magma").with_extremes(bad="#DDDDDD")
+    low = max(float(np.nanmin(shown)), 1e-4) if np.isfinite(shown).any() else 1e-4
+    norm = mcolors.LogNorm(vmin=min(low, 0.5), vmax=max(float(np.nanmax(shown)), low * 10))
+    im = ax.imshow(shown, aspect="auto", cmap=cmap, norm=norm, origin="lower")
     ax.set_xlabel(f"{MODALITY_NAMES[source]} time step (key/value)", color=PALETTE[source])
     ax.set_ylabel(f"{MODALITY_NAMES[target]} time step (query)", color=PALETTE[target])
     ax.set_title(f"{target} ← {source}")
     ax.grid(False)
-    fig.colorbar(im, ax=ax, label="attention weight")
+    fig.colorbar(im, ax=ax, label="attention weight (log scale)")
     return fig
 
 

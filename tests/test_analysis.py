@@ -210,7 +210,7 @@ def test_shape_table_and_toy_decoupled(settings, ds):
     with torch.no_grad():
         dec = model.decouple(batch.text, batch.audio, batch.vision)
     table = analysis.shape_table(dec, cfg)
-    assert table.loc["L", "shared c"] == (3, 8, cfg.conv_lens[0])
+    assert table.loc["L", "shared c"] == (3, 8, cfg.conv_lens[0]) and table.loc["A", "T_m"] == cfg.conv_lens[2]
     toy = analysis.toy_decoupled(torch.ones(2, 3, 1), torch.zeros(2, 3, 1))
     assert toy.private["V"].shape == (2, 3, 1) and toy.shared["A"].sum() == 0
 
@@ -267,7 +267,7 @@ def test_recipe_table_and_note_name_every_departure_from_the_recipe(settings, ds
     table = analysis.recipe_table(cfg, tc, preset("mosi"))
     assert table.loc["learning rate", "this run"] == "0.001" and table.loc["learning rate", "paper"] == "0.0001"
     note = analysis.recipe_note(settings, cfg, tc)
-    assert "smaller model" in note and "learning rate" in note and "at most 1 epochs" in note
+    assert "smaller model" in note and "every mini-batch" in note and "at most 1 epoch;" in note
     official = analysis.BookSettings(paper_scale=True)
     assert "follows the published recipe" in analysis.recipe_note(official, preset("mosi"), official.train_config())
 
@@ -357,10 +357,10 @@ def test_edge_summary_and_comparison_collect_every_run():
                                       "audio carries, paper prior", "audio carries, uniform prior"])}  # fmt: skip
     summary = analysis.edge_summary(runs)
     assert summary.shape == (4, 8)
-    np.testing.assert_allclose(summary[[f"{m} teaches (homo)" for m in "LVA"]].sum(axis=1), 1.0)
-    assert summary["test Non0 Acc-2 (%)"].iloc[0] == pytest.approx(80.0)
+    np.testing.assert_allclose(summary[[f"homo {m}" for m in "LVA"]].sum(axis=1), 1.0)
+    assert summary["Acc-2 (%)"].iloc[0] == pytest.approx(80.0)
     comparison = analysis.EdgeComparison.from_runs(runs, "homo")
-    np.testing.assert_allclose(comparison.teacher_mass()["A"], summary["A teaches (homo)"])
+    np.testing.assert_allclose(comparison.teacher_mass()["A"], summary["homo A"])
 
 
 def test_verdicts_report_what_came_out():
@@ -377,20 +377,22 @@ def test_verdicts_report_what_came_out():
         "audio signal, paper prior",
         "audio signal, no prior",
     ]
-    summary = pd.DataFrame({"A teaches (homo)": [0.02, 0.30, 0.02, 0.40], "A teaches (hetero)": [0.1, 0.3, 0.1, 0.5],
-                            "L teaches (homo)": [0.96, 0.3, 0.95, 0.2]}, index=names)  # fmt: skip
+    summary = pd.DataFrame({"homo A": [0.02, 0.30, 0.02, 0.40], "hetero A": [0.1, 0.3, 0.1, 0.5],
+                            "homo L": [0.96, 0.3, 0.95, 0.2]}, index=names)  # fmt: skip
     verdict = analysis.follow_verdict(summary)
     assert verdict.startswith("Without a prior the graph does turn towards audio")
     assert "+0.100 in HomoGD and +0.200 in HeteroGD" in verdict and "the prior, not the data, decides" in verdict
-    summary.loc["audio signal, no prior", "A teaches (hetero)"] = 0.29
+    summary.loc["audio signal, no prior", "hetero A"] = 0.29
     assert "only in HomoGD" in analysis.follow_verdict(summary)
-    summary.loc["audio signal, no prior", "A teaches (homo)"] = 0.301
+    summary.loc["audio signal, no prior", "homo A"] = 0.301
     assert analysis.follow_verdict(summary).startswith("Even without a prior the graph does not turn")
     assert analysis.follow_verdict(summary.iloc[:2]) == ""
     agree = pd.DataFrame({"mean weight": [0.1, 0.2, 0.7], "mean |logit difference|": [3.0, 2.0, 1.0]})
     text = analysis.takeaway(0.01, summary, {"HomoGD": agree, "HeteroGD": agree})
     assert "mostly a picture of its prior" in text and "already agree" in text and "does not turn" in text
     assert "most of language's lead survives" in analysis.takeaway(0.9, summary, {})
+    assert "hardly moved" in analysis.takeaway(0.9, summary, {}, with_prior=0.34)
+    assert "says little" in analysis.prior_verdict(0.9, with_prior=0.34)
 
 
 def test_edge_discrepancy_pairs_each_edges_weight_with_its_logit_gap(settings, ds):
