@@ -402,14 +402,15 @@ class Trainer:
 
     def _check_resumable(self, saved: dict[str, Any]) -> None:
         """The saved run was made with the same model, recipe and seed (``max_epochs`` may grow)."""
+
+        def differing(ours: dict, theirs: dict, allowed: tuple[str, ...] = ()) -> list[str]:
+            ours = runs._json_safe(ours)
+            return sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k) and k not in allowed)
+
         problems = []
-        if runs._json_safe(self.cfg.to_dict()) != saved.get("model"):
-            ours, theirs = runs._json_safe(self.cfg.to_dict()), saved.get("model", {})
-            diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+        if diff := differing(self.cfg.to_dict(), saved.get("model", {})):
             problems.append(f"model config differs in {diff}")
-        ours, theirs = runs._json_safe(self.tcfg.to_dict()), saved.get("train", {})
-        diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k) and k not in RESUMABLE_CHANGES)
-        if diff:
+        if diff := differing(self.tcfg.to_dict(), saved.get("train", {}), RESUMABLE_CHANGES):
             problems.append(f"train config differs in {diff}")
         if saved.get("seed") != self.seed:
             problems.append(f"seed {saved.get('seed')} != {self.seed}")
@@ -460,9 +461,7 @@ class Trainer:
         """This rank's mini-batches of the shuffled train split, and how many there are."""
         split, bs = self.dataset["train"], self.tcfg.batch_size
         if not self.dist.enabled:
-            return split.batches(bs, shuffle=True, generator=self.generator, device=self.device), math.ceil(
-                len(split) / bs
-            )
+            return split.batches(bs, shuffle=True, generator=self.generator, device=self.device), split.num_batches(bs)
         n, world = len(split), self.dist.world_size
         order = torch.randperm(n, generator=self.generator)
         padded = torch.cat([order, order[: math.ceil(n / world) * world - n]])  # equal shards, as DistributedSampler
@@ -573,7 +572,7 @@ class Trainer:
             )
         if resuming:
             self._check_resumable(runs.load_run(self.run_dir).meta)
-            self.load_state(runs.load_checkpoint(last_file, map_location=self.device))
+            self.load_state(runs.load_checkpoint(last_file, map_location="cpu"))  # RNG states must stay on the CPU
             log.info("resuming %s after epoch %d", self.run_dir, self.epoch)
             if self.stop_reason == "max_epochs" and (self.tcfg.max_epochs is None or self.tcfg.max_epochs > self.epoch):
                 self.stop_reason = ""  # the bound was raised: carry on

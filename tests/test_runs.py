@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
+import stat
 
 import pandas as pd
 import pytest
@@ -28,6 +30,9 @@ def test_atomic_write_replaces_the_file_whole_and_leaves_no_temporary_file(tmp_p
     runs.write_json(target, {"x": 2, "nan": math.nan, "t": (1, 2)})
     assert json.loads(target.read_text()) == {"x": 2, "nan": None, "t": [1, 2]}
     assert [p.name for p in target.parent.iterdir()] == ["a.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask  # like open(), not mkstemp's 0600
 
 
 def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):

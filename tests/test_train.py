@@ -323,6 +323,13 @@ def test_missing_modality_table_zeroes_each_subset(tmp_path):
         evaluate(model, ds["test"], zero=("X",))
 
 
+def test_data_that_does_not_fit_the_model_is_refused_with_names(tmp_path):
+    cfg = tiny_config()
+    ds = tiny_dataset(cfg.replace(feature_dims=(16, 6, 5)))  # audio 5-d, the model expects 4-d
+    with pytest.raises(ValueError, match=r"split 'train', audio: expected per-sample shape \(9, 4\), found \(9, 5\)"):
+        train(cfg, ds, FAST, tmp_path / "run", seed=1, progress=False)
+
+
 def test_pick_device_prefers_what_is_asked_and_refuses_what_is_missing():
     assert pick_device("cpu") == torch.device("cpu")
     assert pick_device(None).type in ("cuda", "mps", "cpu")
