@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = ROOT / "notebooks"
 EXECUTED_DIR = ROOT / "book" / "executed"
 BUILD_DIR = ROOT / "_build"
-NOTEBOOKS = ("01_data", "02_decoupling", "03_graph_distillation", "04_training", "05_edge_analysis")
+NOTEBOOKS = ("01_data", "02_decoupling", "03_graph_distillation", "04_training", "05_edge_analysis", "06_ablations")
 
 # Small parameters for CI (`--ci`): a tiny model on a small synthetic file, a few epochs, two seeds.
 CI_COMMON: dict[str, Any] = {
@@ -54,6 +54,7 @@ CI_PARAMS: dict[str, dict[str, Any]] = {
     "03_graph_distillation": {},
     "04_training": {},
     "05_edge_analysis": {},
+    "06_ablations": {},
 }
 
 log = logging.getLogger("book.build")

@@ -64,8 +64,8 @@ class BookSettings:
     ``paper_scale=True`` replaces the CPU defaults by the paper's setting: full split
     sizes (``scale=1``), the official model (``d``, ``heads``, ``nlevels``, ``lr``,
     ``accumulation`` from the preset and recipe), early stopping (``epochs=None``) and
-    the five official seeds. Give it the real file (``data_path``), a local BERT folder
-    (``bert``) and a GPU.
+    the five official seeds, and PyTorch's default CPU threads. Give it the real file
+    (``data_path``), a BERT folder or hub name (``bert``) and a GPU.
     """
 
     device: str = "auto"
@@ -90,7 +90,7 @@ class BookSettings:
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         if self.paper_scale:
             for name, value in dict(scale=1.0, epochs=None, seeds=TrainConfig().seeds, d=None, heads=None,
-                                    nlevels=None, lr=None, accumulation=None).items():  # fmt: skip
+                                    nlevels=None, lr=None, accumulation=None, threads=None).items():  # fmt: skip
                 object.__setattr__(self, name, value)
         if not self.seeds:
             raise ValueError("BookSettings.seeds: expected at least one seed, found none")
@@ -804,3 +804,45 @@ def takeaway(
                  "conclusions come from synthetic data and short CPU runs; the same notebook with "
                  "`paper_scale = True` on the real files answers the question for MOSI and MOSEI.")  # fmt: skip
     return " ".join(parts)
+
+
+# --------------------------------------------------------------------------- chapter 6: ablations
+
+ABLATION_METRICS = ("Non0_acc_2", "Non0_F1_score", "Mult_acc_7", "MAE", "Corr")
+
+
+def ablation_table(results: Mapping[str, SeedRuns]) -> pd.DataFrame:
+    """Mean and std (ddof=0) over seeds of the test metrics of each variant; accuracies and F1 in %.
+
+    Rows: variants (in the given order); columns ``"<metric> mean"``, ``"<metric> std"``, ``seeds``.
+    """
+    rows = {}
+    for name, runs in results.items():
+        metrics = runs.test_metrics
+        row: dict[str, float] = {}
+        for metric in ABLATION_METRICS:
+            scale = 1.0 if metric in ("MAE", "Corr") else 100.0
+            values = metrics[metric].astype(float) * scale
+            row[f"{metric} mean"], row[f"{metric} std"] = float(values.mean()), float(values.std(ddof=0))
+        row["seeds"] = len(metrics)
+        rows[name] = row
+    return pd.DataFrame(rows).T
+
+
+def ablation_verdict(table: pd.DataFrame, reference: str | None = None, metric: str = "Non0_acc_2") -> str:
+    """Which ablations differ from the full model by more than the seeds' spread (two standard deviations)."""
+    reference = reference or str(table.index[0])
+    base, std = table.loc[reference, f"{metric} mean"], table.loc[reference, f"{metric} std"]
+    parts = []
+    for name in table.index:
+        if name == reference:
+            continue
+        delta = table.loc[name, f"{metric} mean"] - base
+        spread = 2 * max(std, table.loc[name, f"{metric} std"])
+        if int(table.loc[name, "seeds"]) < 2 or spread == 0:
+            parts.append(f"{name}: {delta:+.1f} points (one seed: no spread to compare with)")
+        elif abs(delta) <= spread:
+            parts.append(f"{name}: {delta:+.1f} points, within two standard deviations of seed noise")
+        else:
+            parts.append(f"{name}: {delta:+.1f} points, beyond two standard deviations of seed noise")
+    return "In Acc-2, " + "; ".join(parts) + "." if parts else ""

@@ -433,6 +433,27 @@ def loss_curves(history: pd.DataFrame, parts: Sequence[str], prefix: str = "trai
     return fig
 
 
+def ablation_bars(table: pd.DataFrame, metrics: Sequence[str] = ("Non0_acc_2", "MAE")) -> Figure:
+    """Bars of the mean of each metric per variant (rows of ``table``) with one-std whiskers.
+
+    ``table`` has columns ``"<metric> mean"`` and ``"<metric> std"`` (:func:`dmd_core.analysis.ablation_table`).
+    """
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.2), layout="constrained")
+    axes = np.atleast_1d(axes)
+    names = [str(i) for i in table.index]
+    colors = ["#444444", *(["#AAAAAA"] * (len(names) - 1))]
+    for ax, metric in zip(axes, metrics):
+        means, stds = table[f"{metric} mean"].to_numpy(float), table[f"{metric} std"].to_numpy(float)
+        ax.bar(range(len(names)), means, yerr=stds, color=colors, capsize=4)
+        for i, v in enumerate(means):
+            ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(names)), [n.replace(" ", "\n", 1) for n in names], fontsize=8)
+        ax.set_ylabel(metric.replace("Non0_acc_2", "Non0 Acc-2 (%)"))
+        low = float(np.min(means - stds))
+        ax.set_ylim(max(0.0, low - 0.15 * abs(low)) if metric != "MAE" else 0.0, None)
+    return fig
+
+
 def seed_curves(histories: Mapping[str, pd.DataFrame], column: str, ax: Axes | None = None,
                 ylabel: str | None = None) -> Figure:  # fmt: skip
     """One line per seed of ``column`` against the epoch."""

@@ -44,7 +44,9 @@ def ds(settings, data_file):
 
 
 def test_paper_scale_restores_the_recipe_full_data_and_five_seeds():
-    s = analysis.BookSettings(paper_scale=True, d=16, nlevels=1, lr=1e-3, accumulation=1, epochs=3, scale=0.1)
+    s = analysis.BookSettings(
+        paper_scale=True, d=16, nlevels=1, lr=1e-3, accumulation=1, epochs=3, scale=0.1, threads=1
+    )
     assert (s.scale, s.epochs, s.d, s.heads, s.nlevels, s.lr, s.accumulation) == (
         1.0,
         None,
@@ -54,7 +56,7 @@ def test_paper_scale_restores_the_recipe_full_data_and_five_seeds():
         None,
         None,
     )
-    assert s.seeds == TrainConfig().seeds
+    assert s.seeds == TrainConfig().seeds and s.threads is None
     tc = s.train_config()
     assert (tc.lr, tc.accumulation, tc.max_epochs) == (1e-4, 10, None)
 
@@ -408,3 +410,28 @@ def test_edge_discrepancy_pairs_each_edges_weight_with_its_logit_gap(settings, d
     assert table.loc["L->V", "mean |logit difference|"] == pytest.approx(
         float((logits[1] - logits[0]).abs().mean()), rel=1e-5
     )
+
+
+# --------------------------------------------------------------------------- chapter 6
+
+
+def _seed_runs(acc: list[float], mae: list[float]) -> SimpleNamespace:
+    n = len(acc)
+    return SimpleNamespace(test_metrics=pd.DataFrame({"seed": range(n), "Non0_acc_2": acc, "Non0_F1_score": acc,
+                                                      "Mult_acc_7": acc, "MAE": mae, "Corr": mae}))  # fmt: skip
+
+
+def test_ablation_table_and_verdict_compare_against_seed_noise():
+    results = {"DMD (full)": _seed_runs([0.80, 0.82], [0.7, 0.8]),
+               "without decoupling losses": _seed_runs([0.81, 0.82], [0.7, 0.7]),
+               "without graph distillation": _seed_runs([0.70, 0.70], [0.9, 0.9])}  # fmt: skip
+    table = analysis.ablation_table(results)
+    assert list(table.index) == list(results)
+    assert table.loc["DMD (full)", "Non0_acc_2 mean"] == pytest.approx(81.0)
+    assert table.loc["DMD (full)", "Non0_acc_2 std"] == pytest.approx(1.0)
+    assert table.loc["DMD (full)", "MAE mean"] == pytest.approx(0.75) and table.loc["DMD (full)", "seeds"] == 2
+    verdict = analysis.ablation_verdict(table)
+    assert "without decoupling losses: +0.5 points, within two standard deviations" in verdict
+    assert "without graph distillation: -11.0 points, beyond two standard deviations" in verdict
+    one = analysis.ablation_table({k: _seed_runs([0.8], [0.7]) for k in ("a", "b")})
+    assert "one seed" in analysis.ablation_verdict(one)

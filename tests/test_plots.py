@@ -113,3 +113,10 @@ def test_small_figures_draw_without_error():
     assert [ax.get_title() for ax in fig.axes[:2]] == ["task", "recon"]
     plots.seed_curves({"seed 1": history, "seed 2": history}, "valid_loss")
     plots.feature_norms({"aligned": {m: rng.random(50) for m in "LVA"}})
+    table = pd.DataFrame({"Non0_acc_2 mean": [80.0, 78.0], "Non0_acc_2 std": [1.0, 0.0], "MAE mean": [0.7, 0.8],
+                          "MAE std": [0.1, 0.0]}, index=["DMD (full)", "without graph distillation"])  # fmt: skip
+    fig = plots.ablation_bars(table)
+    assert len(fig.axes) == 2 and len(fig.axes[0].patches) == 2
+    matrix = pd.DataFrame(rng.dirichlet(np.ones(6), 3), columns=EDGE_NAMES, index=["a", "b", "c"])
+    fig = plots.edge_matrix({"HomoGD": matrix, "HeteroGD": matrix})
+    assert len(fig.axes[0].texts) == 18
