@@ -720,9 +720,9 @@ def train_seeds(
     mine = seeds[info.rank :: info.world_size] if parallel else seeds
     results = {}
     try:
-        for seed in tqdm(mine, desc="seeds", disable=not progress or len(mine) < 2):
+        for seed in tqdm(mine, desc="seeds", disable=not progress or not info.is_main or len(mine) < 2):
             trainer = Trainer(cfg, ds, train_config, runs.seed_dir(run_dir, seed), seed, device=dev,
-                              progress=progress, data_ref=_data_ref(dataset_or_path),
+                              progress=progress and info.is_main, data_ref=_data_ref(dataset_or_path),
                               distributed=not parallel)  # fmt: skip
             results[seed] = trainer.fit(resume=resume)
         if info.enabled:
@@ -880,11 +880,14 @@ def _cli_train(args: argparse.Namespace) -> int:
 
 
 def _print_metrics(values: dict[str, float], std: dict[str, float] | None = None, title: str = "") -> None:
+    """The CLI's result table (stdout, the one place the package prints): one metric per line."""
     if title:
         print(title)
     for k, v in values.items():
-        if isinstance(v, (int, float)):
-            print(f"  {k:<14} {v:10.4f}" + (f"  ({std[k]:.4f})" if std and k in std else ""))
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        shown = f"{v:10d}" if isinstance(v, int) else f"{v:10.4f}"
+        print(f"  {k:<14} {shown}" + (f"  ({std[k]:.4f})" if std and k in std else ""))
 
 
 def _cli_test(args: argparse.Namespace) -> int:
