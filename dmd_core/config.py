@@ -118,8 +118,7 @@ class DMDConfig:
         if self.bert is not None and self.bert.hidden_size is not None:
             if self.bert.hidden_size != self.feature_dims[0]:
                 raise ValueError(
-                    f"DMDConfig: feature_dims[0]={self.feature_dims[0]} but BERT hidden_size="
-                    f"{self.bert.hidden_size}"
+                    f"DMDConfig: feature_dims[0]={self.feature_dims[0]} but BERT hidden_size={self.bert.hidden_size}"
                 )
 
     @property

@@ -49,11 +49,38 @@ class TextEncoder(nn.Module):
             return self.bert(input_ids=ids, attention_mask=mask, token_type_ids=segments)[0]
 
 
+def hub_unreachable_reason(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached (offline mode, no connection), or None if it can."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return "HF_HUB_OFFLINE is set"
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        return f"{host} cannot be reached: {err}"
+    return None
+
+
+def bert_unavailable_message(name: str, reason: str) -> str:
+    """What to do when BERT ``name`` cannot be had: the one wording every caller uses."""
+    return (
+        f"cannot load BERT {name!r}: not a local folder, not in the Hugging Face cache, and it could not be "
+        f"downloaded ({reason}). Point to a local folder holding config.json and the weights (e.g. saved with "
+        f"BertModel.save_pretrained on a machine with network), or train on the stored text features instead "
+        f"(no BERT; `--bert none` on the command line)."
+    )
+
+
 def load_bert(name_or_path: str):
     """``BertModel.from_pretrained`` from a local folder, the local cache, or the hub.
 
-    Fails at once, with what to do instead, when the weights are not on disk and
-    the hub cannot be reached (``HF_HUB_OFFLINE=1`` or no network).
+    Fails at once with what to do instead when the weights are not on disk and the hub
+    cannot be reached (checked first, so no download retries are waited for).
     """
     from transformers import BertModel
 
@@ -63,19 +90,13 @@ def load_bert(name_or_path: str):
         return BertModel.from_pretrained(name_or_path, local_files_only=True)
     except OSError:
         pass
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        reason = "HF_HUB_OFFLINE is set"
-    else:
+    reason = hub_unreachable_reason()
+    if reason is None:
         try:
             return BertModel.from_pretrained(name_or_path)
-        except Exception as err:  # network refused, DNS, HTTP errors, ...
+        except Exception as err:  # HTTP errors, unknown repository, ...
             reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-    raise BertUnavailableError(
-        f"cannot load BERT {name_or_path!r}: not a local folder, not in the Hugging Face cache, "
-        f"and it could not be downloaded ({reason}). Point to a local folder holding config.json "
-        f"and the weights (e.g. saved with BertModel.save_pretrained), or train on the stored "
-        f"text features instead (no BERT)."
-    )
+    raise BertUnavailableError(bert_unavailable_message(name_or_path, reason))
 
 
 class ResidualHead(nn.Module):

@@ -793,11 +793,9 @@ def _bert_spec(name: str | None):
     """
     import json
     import os
-    import socket
-    from urllib.parse import urlparse
 
     from .config import BertSpec
-    from .model import BertUnavailableError, load_bert
+    from .model import BertUnavailableError, bert_unavailable_message, hub_unreachable_reason
 
     if name is None or name.lower() == "none":
         return None, None
@@ -814,19 +812,9 @@ def _bert_spec(name: str | None):
         cached = None
     if isinstance(cached, str):
         return BertSpec(name_or_path=name), int(json.loads(Path(cached).read_text()).get("hidden_size", 768))
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        load_bert(name)  # offline and not cached: raises at once
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host = endpoint.hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, endpoint.port or (80 if endpoint.scheme == "http" else 443)), timeout=5).close()
-    except OSError as err:
-        raise BertUnavailableError(
-            f"cannot load BERT {name!r}: not a local folder, not in the Hugging Face cache, and {host} cannot be "
-            f"reached ({err}), so it cannot be downloaded. Point --bert to a local folder holding config.json and "
-            f"the weights (e.g. saved with BertModel.save_pretrained on a machine with network), or train on the "
-            f"file's stored text features instead (--bert none)."
-        ) from None
+    reason = hub_unreachable_reason()
+    if reason is not None:
+        raise BertUnavailableError(bert_unavailable_message(name, reason))
     return BertSpec(name_or_path=name), 768
 
 

@@ -103,7 +103,7 @@ class MultiheadAttention(nn.Module):
 
         q, k, v = heads(q), heads(k), heads(v)
         causal = isinstance(mask, str)
-        if self.training and self.dropout > 0 and q.device.type == "cpu":
+        if self.training and self.dropout > 0 and q.device.type == "cpu" and not torch.compiler.is_compiling():
             # No fused CPU kernel has attention dropout; compute it block by block (cpu_attention.py).
             allowed = future_mask(q.shape[2], k.shape[2], q.device) if causal else mask
             out = block_attention(q, k, v, allowed, self.dropout)

@@ -110,6 +110,16 @@ def test_unavailable_bert_fails_at_once_with_advice(monkeypatch, tmp_path):
     assert time.perf_counter() - start < 10
 
 
+def test_unreachable_hub_fails_at_once_without_download_retries(monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    start = time.perf_counter()
+    with pytest.raises(BertUnavailableError, match="127.0.0.1"):
+        dmd_core.DMD(tiny_config(bert=BertSpec(name_or_path="bert-base-uncased")))
+    assert time.perf_counter() - start < 10
+
+
 def test_bert_spec_needs_exactly_one_source():
     with pytest.raises(ValueError):
         BertSpec(name_or_path=None, config=None)
