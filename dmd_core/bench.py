@@ -153,8 +153,7 @@ def run_benchmark(setting: BenchSetting) -> dict[str, Any]:
     splits = {"train": random_split(cfg, n_train, "train", 1), "valid": random_split(cfg, n_eval, "valid", 2),
               "test": random_split(cfg, n_eval, "test", 3)}  # fmt: skip
     if device.type == "cuda":
-        splits = {k: v.to(device) for k, v in splits.items()}  # the whole split on the GPU
-        torch.cuda.reset_peak_memory_stats(device)
+        torch.cuda.reset_peak_memory_stats(device)  # the trainer puts the whole dataset on the GPU
     dataset = MMSADataset(Path("<random>"), splits, cfg.aligned, cfg.seq_lens, cfg.feature_dims,
                           "bert" if cfg.use_bert else "features", dataset_name=cfg.dataset)  # fmt: skip
     tcfg = TrainConfig(batch_size=setting.batch_size, bf16=setting.bf16, compile=setting.compile)

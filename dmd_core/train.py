@@ -323,6 +323,29 @@ def unused_parameters(model: DMD) -> list[nn.Parameter]:
 RESUMABLE_CHANGES = ("max_epochs", "seeds", "eval_batch_size", "compile", "extra")
 
 
+def place_dataset(dataset: MMSADataset, device: torch.device, budget: float = 0.5) -> MMSADataset:
+    """The whole dataset on a CUDA ``device`` when it takes under ``budget`` of the free GPU memory.
+
+    Batches are then slices of GPU tensors: no host-to-device copy per step. Memory-mapped
+    datasets (too large for RAM, e.g. MOSEI unaligned on a 12 GB machine) stay where they are
+    and are copied batch by batch (pinned, non-blocking).
+    """
+    if device.type != "cuda" or dataset.mmap_dir is not None:
+        return dataset
+    size = sum(
+        t.numel() * t.element_size()
+        for split in dataset.splits.values()
+        for t in (split.text, split.audio, split.vision, split.labels)
+        if isinstance(t, torch.Tensor)
+    )
+    free, _ = torch.cuda.mem_get_info(device)
+    if size > budget * free:
+        log.info("dataset (%.1f GB) stays on the host: over %.0f%% of free GPU memory", size / 1e9, 100 * budget)
+        return dataset
+    log.info("dataset (%.2f GB) moved to %s", size / 1e9, device)
+    return dataset.to(device)
+
+
 class Trainer:
     """One training run (one seed) of the recipe, writing one run folder.
 
@@ -350,7 +373,7 @@ class Trainer:
 
             self.dist, self.device = DistInfo(), pick_device(device)
         self.cfg, self.tcfg, self.seed = model_config, train_config, int(seed)
-        self.dataset, self.data_ref = dataset, data_ref
+        self.dataset, self.data_ref = place_dataset(dataset, self.device), data_ref
         self.run_dir = Path(run_dir)
         self.progress = progress and self.dist.is_main
         self.on_epoch_end = on_epoch_end
