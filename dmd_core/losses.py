@@ -72,21 +72,42 @@ def margin_loss(features: torch.Tensor, labels: torch.Tensor, scale: float = 0.1
         raise ValueError(f"margin_loss: {batch} feature rows per modality but {labels.numel()} labels")
     n = len(y)
     with torch.no_grad():  # which pairs count, and with which weight: labels only
-        neg = y.unsqueeze(1) != y.unsqueeze(0)  # (anchor, negative)
+        diff = y.unsqueeze(1) - y.unsqueeze(0)  # (anchor, other)
+        neg = diff != 0  # (anchor, negative)
         pos = ~neg
         pos.fill_diagonal_(False)  # (anchor, positive): same label, another vector
-        n_pos = pos.sum(1, keepdim=True)
-        n_neg = n - 1 - n_pos
+        w_neg, w_pos = neg.to(x.dtype), pos.to(x.dtype)
+        n_pos = w_pos.sum(1, keepdim=True)
+        n_neg = (n - 1) - n_pos
         valid = (n_pos > 0) & (n_neg > 0)  # anchors with at least one (positive, negative) pair
-        # mean over an anchor's pairs, then over valid anchors: weight w_pos[a, p] * w_neg[a, n]
-        w_pos = pos * (valid / (n_pos.clamp_min(1) * valid.sum().clamp_min(1))).to(x.dtype)
-        w_neg = neg * (1.0 / n_neg.clamp_min(1)).to(x.dtype)
-        margin = (y.unsqueeze(1) - y.unsqueeze(0)).abs_().mul_(scale)  # (anchor, negative)
+        # mean over an anchor's n_pos * n_neg pairs, then over valid anchors: weight w_pos[a, p] * w_neg[a, n]
+        w_pos *= valid / (n_pos * n_neg).clamp_min(1) / valid.sum().clamp_min(1)
+        margin = diff.abs_().mul_(scale)  # (anchor, negative)
     cos = _pair_cosine(x)  # (3B, 3B)
-    # hinge[a, p, n] = max(0, margin[a, n] + cos[a, n] - cos[a, p])
-    hinge = ((margin + cos).unsqueeze(1) - cos.unsqueeze(2)).relu_()  # (3B, 3B, 3B)
-    # sum_a sum_{p,n} w_pos[a, p] * hinge[a, p, n] * w_neg[a, n], as two batched products
-    return torch.bmm(torch.bmm(w_pos.unsqueeze(1), hinge), w_neg.unsqueeze(2)).sum()
+    return _WeightedHinge.apply(margin + cos, cos, w_pos, w_neg)
+
+
+class _WeightedHinge(torch.autograd.Function):
+    """``sum_a sum_{p,n} w_pos[a, p] * w_neg[a, n] * max(0, t[a, n] - s[a, p])`` and its gradient.
+
+    Written out by hand so that the ``(3B, 3B, 3B)`` hinge tensor is touched four times
+    (difference, clamp, and the active mask in the backward) instead of the eight passes
+    autograd makes through broadcasting, ReLU and reductions.
+    """
+
+    @staticmethod
+    def forward(ctx, t, s, w_pos, w_neg):  # t (A, N) thresholds of negatives, s (A, P) cosines of positives
+        hinge = (t.unsqueeze(1) - s.unsqueeze(2)).clamp_min_(0)  # (A, P, N)
+        ctx.save_for_backward(hinge, w_pos, w_neg)
+        return torch.bmm(torch.bmm(w_pos.unsqueeze(1), hinge), w_neg.unsqueeze(2)).sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        hinge, w_pos, w_neg = ctx.saved_tensors
+        active = hinge.sign()  # (A, P, N): 1 where the hinge is active (hinge >= 0 everywhere)
+        grad_t = grad * w_neg * torch.bmm(w_pos.unsqueeze(1), active).squeeze(1)  # sum over positives
+        grad_s = -grad * w_pos * torch.bmm(active, w_neg.unsqueeze(2)).squeeze(2)  # sum over negatives
+        return grad_t, grad_s, None, None
 
 
 @dataclass

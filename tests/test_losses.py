@@ -30,6 +30,17 @@ def test_margin_loss_equals_the_loop_definition(name):
     torch.testing.assert_close(margin_loss(feats, labels.reshape(-1, 1)), margin_loss(feats, labels))
 
 
+@pytest.mark.parametrize("name", ["ties", "all_distinct", "some_anchors_without_positive_other_sample"])
+def test_margin_loss_gradient_equals_the_loop_definitions(name):
+    labels = torch.tensor(CASES[name])
+    base = torch.randn(3, len(labels), 5, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    ours, theirs = base.clone().requires_grad_(), base.clone().requires_grad_()
+    margin_loss(ours, labels).backward()
+    reference_margin_loss(theirs, labels).backward()
+    torch.testing.assert_close(ours.grad, theirs.grad)
+    assert torch.autograd.gradcheck(lambda f: margin_loss(f, labels), (base.clone().requires_grad_(),))
+
+
 def test_margin_loss_is_zero_without_any_negative():
     feats = torch.randn(3, 4, 5)
     assert margin_loss(feats, torch.full((4,), 0.6)).item() == 0.0
