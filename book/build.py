@@ -96,7 +96,7 @@ def terminal_text(text: str) -> str:
         elif token == "\x1b[A":
             row = max(row - 1, 0)
         elif token:
-            old = lines.get(row, "")
+            old = "" if col == 0 else lines.get(row, "")  # progress bars rewrite whole lines
             lines[row] = old[:col] + token + old[col + len(token) :]
             col += len(token)
     kept = [lines[r].rstrip() for r in sorted(lines) if lines[r].strip()]

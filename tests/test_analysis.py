@@ -220,7 +220,9 @@ def test_shape_table_and_toy_decoupled(settings, ds):
 def test_similarity_verdict_depends_on_the_numbers():
     good = pd.DataFrame({"untrained": [0.1, 0.1], "trained": [0.6, 0.1]}, index=["shared", "private"])
     bad = pd.DataFrame({"untrained": [0.1, 0.1], "trained": [0.1, 0.5]}, index=["shared", "private"])
-    assert "more alike than the private" in analysis.similarity_verdict(good)
+    assert "clearly more alike than the private" in analysis.similarity_verdict(good)
+    little = pd.DataFrame({"untrained": [-0.1, -0.07], "trained": [0.0, -0.02]}, index=["shared", "private"])
+    assert "a little closer" in analysis.similarity_verdict(little)
     assert "did not" in analysis.similarity_verdict(bad)
 
 
@@ -357,12 +359,27 @@ def test_edge_summary_and_comparison_collect_every_run():
     runs = {name: SimpleNamespace(test_predictions=_predictions(seed=i), test_metrics={"Non0_acc_2": 0.8, "MAE": 0.7})
             for i, name in enumerate(["language carries, paper prior", "language carries, uniform prior",
                                       "audio carries, paper prior", "audio carries, uniform prior"])}  # fmt: skip
-    summary = analysis.edge_summary(runs)
+    summary = analysis.edge_summary(runs, source="test")
     assert summary.shape == (4, 8)
     np.testing.assert_allclose(summary[[f"homo {m}" for m in "LVA"]].sum(axis=1), 1.0)
     assert summary["Acc-2 (%)"].iloc[0] == pytest.approx(80.0)
-    comparison = analysis.EdgeComparison.from_runs(runs, "homo")
+    comparison = analysis.EdgeComparison.from_runs(runs, "homo", source="test")
     np.testing.assert_allclose(comparison.teacher_mass()["A"], summary["homo A"])
+
+
+def test_final_edges_are_the_last_epochs_validation_means():
+    history = pd.DataFrame({"epoch": [1, 2]})
+    for k, edge in enumerate(EDGE_NAMES):
+        history[f"valid_homo_{edge}"] = [1 / 6, k / 15]
+        history[f"train_homo_{edge}"] = [1 / 6, 0.0]
+    run = SimpleNamespace(history=history, test_predictions=_predictions())
+    assert analysis.final_edges(run)["L->A"] == pytest.approx(4 / 15)
+    assert analysis.run_edges(run, "homo", "test").sum() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="source"):
+        analysis.run_edges(run, "homo", "best")
+    assert "agree more" in analysis.agreement_verdict({"HomoGD": -0.8})
+    assert "the opposite" in analysis.agreement_verdict({"HeteroGD": 0.9})
+    assert "no clear relation" in analysis.agreement_verdict({"HomoGD": 0.1})
 
 
 def test_verdicts_report_what_came_out():
@@ -430,6 +447,8 @@ def test_ablation_table_and_verdict_compare_against_seed_noise():
     assert table.loc["DMD (full)", "Non0_acc_2 mean"] == pytest.approx(81.0)
     assert table.loc["DMD (full)", "Non0_acc_2 std"] == pytest.approx(1.0)
     assert table.loc["DMD (full)", "MAE mean"] == pytest.approx(0.75) and table.loc["DMD (full)", "seeds"] == 2
+    shown = analysis.ablation_display(table)
+    assert shown.loc["DMD (full)", "Acc-2 (%)"] == "81.0 ± 1.0" and shown.loc["DMD (full)", "MAE"] == "0.750 ± 0.050"
     verdict = analysis.ablation_verdict(table)
     assert "without decoupling losses: +0.5 points, within two standard deviations" in verdict
     assert "without graph distillation: -11.0 points, beyond two standard deviations" in verdict
