@@ -84,6 +84,7 @@ class BookSettings:
     work_dir: str = "runs/book"
     paper_scale: bool = False
     threads: int | None = None
+    mmap_dir: str | None = None
     synth_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -163,8 +164,13 @@ class BookSettings:
         return path
 
     def load(self, path: str | Path, text: str | None = None) -> MMSADataset:
-        """:func:`~dmd_core.data.load_mmsa` of ``path`` (text mode: the settings' unless given), cached."""
-        return _load_cached(str(Path(path).resolve()), text or self.text_mode, Path(path).stat().st_mtime_ns)
+        """:func:`~dmd_core.data.load_mmsa` of ``path`` (text mode: the settings' unless given), cached.
+
+        With ``mmap_dir`` the file is converted once to memory-mapped arrays there (large files,
+        e.g. MOSEI unaligned on a 12 GB machine).
+        """
+        path = Path(path)
+        return _load_cached(str(path.resolve()), text or self.text_mode, path.stat().st_mtime_ns, self.mmap_dir)
 
     # ---- configs
     def model_config(self, ds: MMSADataset, **overrides: Any) -> DMDConfig:
@@ -195,8 +201,8 @@ class BookSettings:
 
         folder = self.run_dir(name, config, data_file, train_config)
         if not _seeds_done(folder, train_config.seeds):
-            train_seeds(config, str(data_file), train_config, folder, device=self.device, resume=True,
-                        progress=progress)  # fmt: skip
+            data = self.load(data_file, "bert" if config.use_bert else "features")  # the cached copy
+            train_seeds(config, data, train_config, folder, device=self.device, resume=True, progress=progress)
         return load_seeds(folder)
 
     def single_run(self, name: str, config: DMDConfig, data_file: Path, train_config: TrainConfig,
@@ -208,8 +214,8 @@ class BookSettings:
         seed = train_config.seeds[0] if seed is None else int(seed)
         folder = seed_dir(self.run_dir(name, config, data_file, train_config), seed)
         if not _seeds_done(folder.parent, (seed,)):
-            train(config, str(data_file), train_config, folder, seed=seed, device=self.device, resume=True,
-                  progress=progress)  # fmt: skip
+            data = self.load(data_file, "bert" if config.use_bert else "features")  # the cached copy
+            train(config, data, train_config, folder, seed=seed, device=self.device, resume=True, progress=progress)
         return load_run(folder)
 
 
@@ -220,13 +226,13 @@ def _seeds_done(folder: Path, seeds: Sequence[int]) -> bool:
 _LOADED: dict[tuple, Any] = {}
 
 
-def _load_cached(path: str, text: str, mtime: int) -> MMSADataset:
+def _load_cached(path: str, text: str, mtime: int, mmap_dir: str | None = None) -> MMSADataset:
     from .data import load_mmsa
 
-    key = (path, text, mtime)
+    key = (path, text, mtime, mmap_dir)
     if key not in _LOADED:
         _LOADED.clear()  # keep one file in memory at a time
-        _LOADED[key] = load_mmsa(path, text=text)
+        _LOADED[key] = load_mmsa(path, text=text, mmap_dir=mmap_dir)
     return _LOADED[key]
 
 

@@ -99,6 +99,11 @@ def test_a_real_data_path_is_used_as_given_and_must_exist(tmp_path, data_file):
         analysis.BookSettings(data_path=str(tmp_path / "missing.pkl")).data_file()
 
 
+def test_mmap_dir_loads_memory_mapped_arrays(settings, data_file, tmp_path):
+    ds = settings.replace(mmap_dir=str(tmp_path / "mmap")).load(data_file)
+    assert isinstance(ds["train"].audio, np.ndarray) and any((tmp_path / "mmap").rglob("*.npy"))
+
+
 def test_run_dir_names_change_with_the_model_train_config_and_data_but_not_the_seeds(settings, ds, data_file):
     cfg, tc = settings.model_config(ds), settings.train_config()
     base = settings.run_dir("training", cfg, data_file, tc)
