@@ -60,6 +60,11 @@ def future_mask(len_q: int, len_k: int, device: torch.device) -> torch.Tensor:
     return j <= i + abs(len_k - len_q)
 
 
+# Attention maps at least this large (Lq * Lk) use the block-wise CPU path when dropout is on
+# (unaligned data); short aligned sequences stay on scaled_dot_product_attention.
+BLOCK_MIN_SCORES = 64 * 64
+
+
 class MultiheadAttention(nn.Module):
     """Multi-head attention with a packed input projection, like ``nn.MultiheadAttention``.
 
@@ -103,7 +108,8 @@ class MultiheadAttention(nn.Module):
 
         q, k, v = heads(q), heads(k), heads(v)
         causal = isinstance(mask, str)
-        if self.training and self.dropout > 0 and q.device.type == "cpu" and not torch.compiler.is_compiling():
+        long = q.shape[2] * k.shape[2] >= BLOCK_MIN_SCORES
+        if self.training and self.dropout > 0 and long and q.device.type == "cpu" and not torch.compiler.is_compiling():
             # No fused CPU kernel has attention dropout; compute it block by block (cpu_attention.py).
             allowed = future_mask(q.shape[2], k.shape[2], q.device) if causal else mask
             out = block_attention(q, k, v, allowed, self.dropout)

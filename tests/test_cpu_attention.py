@@ -73,8 +73,11 @@ def test_multihead_attention_uses_the_block_path_only_when_training_with_dropout
         return real(*args)
 
     monkeypatch.setattr("dmd_core.transformer.block_attention", spy)
+    monkeypatch.setattr("dmd_core.transformer.BLOCK_MIN_SCORES", 36)
     x = torch.randn(6, 2, 8)
     MultiheadAttention(8, 2, dropout=0.2).train()(x, x, x, "causal")
     MultiheadAttention(8, 2, dropout=0.2).eval()(x, x, x, "causal")
     MultiheadAttention(8, 2, dropout=0.0).train()(x, x, x, "causal")
+    short = torch.randn(5, 2, 8)  # 5 * 5 < 36: short sequences stay on scaled_dot_product_attention
+    MultiheadAttention(8, 2, dropout=0.2).train()(short, short, short, "causal")
     assert calls == [0.2]
