@@ -133,7 +133,7 @@ def _machine() -> dict:
         "numpy": numpy.__version__,
         "commit": git("rev-parse", "--short", "HEAD")
         + ("+dirty" if git("status", "--porcelain", "--", *MEASURED) else ""),
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
 

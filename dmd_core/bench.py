@@ -256,8 +256,12 @@ def add_cli(subparsers) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--aligned", dest="aligned", action="store_true", default=True, help="aligned inputs (default)")
     g.add_argument("--unaligned", dest="aligned", action="store_false", help="unaligned (long audio/vision) inputs")
-    p.add_argument("--bert-layers", type=int, default=0,
-                   help="text through a randomly initialised BERT with this many layers (0: stored text features)")
+    p.add_argument(
+        "--bert-layers",
+        type=int,
+        default=0,
+        help="text through a randomly initialised BERT with this many layers (0: stored text features)",
+    )
     p.add_argument("--bert-hidden", type=int, default=768, help="BERT hidden size (768 = bert-base)")
     p.add_argument("--batch-size", type=int, default=16, help="mini-batch size (official: 16)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
