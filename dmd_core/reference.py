@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .config import MODALITIES, SEQ_LENS, BertSpec, DMDConfig, TrainConfig
-from .losses import orthogonality_loss
+from .losses import margin_loss, orthogonality_loss
 from .model import CROSS_SOURCES, DMD
 
 _LOW = {"l": "L", "v": "V", "a": "A"}
@@ -250,8 +250,6 @@ def probe(
     like the fixtures: ``s_*``/``c_*`` ``(T, B, d)``; ``origin_*``, ``recon_*``,
     ``s_*_r`` ``(B, d, T)``; edges ``(6, B)``; raw edges summed over the batch ``(6, 1)``.
     """
-    from .losses import margin_loss
-
     was_training = model.training
     model.eval()
     try:
