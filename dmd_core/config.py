@@ -22,6 +22,30 @@ SEQ_LENS = {
 FEATURE_DIMS = {"mosi": (768, 20, 5), "mosei": (768, 35, 74)}
 
 
+class _Config:
+    """What every frozen config offers: copies with changes, and a round trip through a plain dict."""
+
+    def replace(self, **changes: Any):
+        """A copy with some fields changed (the config is frozen)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{cls.__name__}.from_dict: unknown fields {unknown}")
+        return cls(**cls._decode(dict(data)))
+
+    @classmethod
+    def _decode(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Turn JSON values back into field types (lists into tuples, nested dicts into dataclasses)."""
+        return data
+
+
 @dataclass(frozen=True)
 class BertSpec:
     """Where the text encoder's BERT comes from.
@@ -47,7 +71,7 @@ class BertSpec:
 
 
 @dataclass(frozen=True)
-class DMDConfig:
+class DMDConfig(_Config):
     """Everything that defines a DMD network and its loss weights.
 
     Tuples are ordered L, V, A (``seq_lens``, ``feature_dims``, ``kernel_sizes``).
@@ -136,26 +160,14 @@ class DMDConfig:
     def use_bert(self) -> bool:
         return self.bert is not None
 
-    def replace(self, **changes: Any) -> DMDConfig:
-        """A copy with some fields changed (the config is frozen)."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DMDConfig:
-        data = dict(data)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"DMDConfig.from_dict: unknown fields {unknown}")
+    def _decode(cls, data: dict[str, Any]) -> dict[str, Any]:
         if data.get("bert") is not None and not isinstance(data["bert"], BertSpec):
             data["bert"] = BertSpec(**data["bert"])
         for name in ("seq_lens", "feature_dims", "kernel_sizes", "homo_prior", "hetero_prior"):
             if name in data:
                 data[name] = tuple(data[name])
-        return cls(**data)
+        return data
 
 
 _MOSI = dict(
@@ -203,7 +215,7 @@ def preset(
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Config):
     """The optimisation recipe (spec section 11) plus the knobs a tutorial needs.
 
     Recipe: Adam (no weight decay) over the model and both GD-Units; gradients of
@@ -242,18 +254,3 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name}: expected a positive integer, found {getattr(self, name)!r}")
         if self.max_epochs is not None and self.max_epochs < 1:
             raise ValueError(f"TrainConfig.max_epochs: expected None or >= 1, found {self.max_epochs!r}")
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        """A copy with some fields changed (the config is frozen)."""
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"TrainConfig.from_dict: unknown fields {unknown}")
-        return cls(**data)
