@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from .config import MODALITIES, BertSpec, DMDConfig, TrainConfig
 from .distill import EDGE_NAMES
+from .transformer import future_mask
 
 if TYPE_CHECKING:
     from .data import MMSADataset, Split
@@ -384,8 +385,8 @@ def attention_weights(model: DMD, text: torch.Tensor, audio: torch.Tensor, visio
     q = F.linear(query, w[:dim], b[:dim]).reshape(query.shape[0], -1, heads, dim // heads).permute(1, 2, 0, 3)
     k = F.linear(key, w[dim : 2 * dim], b[dim : 2 * dim]).reshape(key.shape[0], -1, heads, dim // heads)
     scores = q @ k.permute(1, 2, 3, 0) / (dim // heads) ** 0.5  # (B, h, Tq, Tk)
-    if isinstance(mask, str):
-        mask = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).tril()
+    if isinstance(mask, str):  # "causal": the reference's future mask
+        mask = future_mask(scores.shape[-2], scores.shape[-1], scores.device)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     return torch.softmax(scores.float(), dim=-1).mean(1).cpu()

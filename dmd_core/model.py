@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import MODALITIES, BertSpec, DMDConfig
+from .cpu_kernels import dropout
 from .distill import Graph, GraphDistillation
 from .transformer import TransformerEncoder
 
@@ -115,7 +116,7 @@ class ResidualHead(nn.Module):
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         r = F.relu(self.proj1(h))
-        z = self.proj2(F.dropout(r, self.dropout, self.training)) + h
+        z = self.proj2(dropout(r, self.dropout, self.training)) + h
         return r, z, self.out(z)
 
 
@@ -249,7 +250,7 @@ class DMD(nn.Module):
         for m in MODALITIES:
             h = inputs[m].transpose(1, 2)  # (B, d_m, L_m)
             if m == "L":
-                h = F.dropout(h, self.config.text_dropout, self.training)
+                h = dropout(h, self.config.text_dropout, self.training)
             x[m] = h if self.skip_proj[m] else self.proj[m](h)  # (B, d, T_m)
             s[m], c[m] = self.private[m](x[m]), self.shared(x[m])
             sim[m] = self.shared_sim[m](c[m].flatten(1))  # channel-major flatten, as the reference

@@ -164,7 +164,7 @@ def test_same_seed_twice_is_bit_identical_and_another_seed_is_not(tmp_path):
 def _plateau_recipe() -> TrainConfig:
     # A large learning rate makes the validation loss bounce, so that the plateau scheduler and the
     # early-stopping counter both have state worth restoring.
-    return TrainConfig(batch_size=4, accumulation=2, lr=3e-2, plateau_patience=0, early_stop=3, max_epochs=8)
+    return TrainConfig(batch_size=4, accumulation=2, lr=5e-2, plateau_patience=0, early_stop=3, max_epochs=8)
 
 
 def test_stop_then_resume_equals_one_uninterrupted_run(tmp_path):
