@@ -268,7 +268,7 @@ class DMD(nn.Module):
         homo_branch = Branch(logits=torch.stack([h[2] for h in homo]), reprs=torch.stack([h[0] for h in homo]))
 
         # 5. Shared fusion: last time step of each modality's self-attention.
-        c_last = [self.shared_attn[m](dec.shared[m].permute(2, 0, 1))[-1] for m in MODALITIES]  # (B, d) each
+        c_last = [self.shared_attn[m](dec.shared[m].permute(2, 0, 1), last_only=True)[-1] for m in MODALITIES]  # (B, d)
         c_fused = torch.cat(c_last, dim=1)  # (B, 3d)
         logit_c = self.fusion_head(c_fused)[2]
 
@@ -276,7 +276,7 @@ class DMD(nn.Module):
         g = []
         for m in MODALITIES:
             h = torch.cat([self.cross[m + n](s_seq[m], s_seq[n]) for n in CROSS_SOURCES[m]], dim=-1)  # (T_m, B, 2d)
-            g.append(self.memory[m](h)[-1])  # (B, 2d)
+            g.append(self.memory[m](h, last_only=True)[-1])  # (B, 2d)
         hetero = [self.hetero_heads[m](g_m) for m, g_m in zip(MODALITIES, g)]
         hetero_branch = Branch(
             logits=torch.stack([h[2] for h in hetero]), reprs=torch.stack([h[1] for h in hetero]), hidden=torch.stack(g)

@@ -183,7 +183,14 @@ class TransformerEncoder(nn.Module):
         pos = sinusoid_positions(feature_positions(x), self.dim).to(x.dtype)
         return math.sqrt(self.dim) * x + pos
 
-    def forward(self, x: torch.Tensor, source: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, source: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+        """Returns ``(Lq, B, d)``; with ``last_only``, ``(1, B, d)``: only the last time step.
+
+        ``last_only`` gives exactly the last step of the full output for less work: the
+        last layer computes its last query only (under the reference's mask the last query
+        sees every key, and every step of the layers below). DMD reads nothing else from its
+        self-attention Transformers.
+        """
         mask = "causal" if self.attn_mask else None  # the reference's future mask, for any Lq, Lk
         h = dropout(self.embed(x), self.embed_dropout, self.training)
         kv = None
@@ -194,6 +201,9 @@ class TransformerEncoder(nn.Module):
                 kv = (dropout(src, self.embed_dropout), dropout(src, self.embed_dropout))
             else:
                 kv = (src, src)
-        for layer in self.layers:
-            h = layer(h, kv, mask)
-        return self.layer_norm(h)
+        for i, layer in enumerate(self.layers):
+            if last_only and i == len(self.layers) - 1:
+                h = layer(h[-1:], (h, h) if kv is None else kv, None)  # the last query sees every key
+            else:
+                h = layer(h, kv, mask)
+        return self.layer_norm(h[-1:] if last_only else h)

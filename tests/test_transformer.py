@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -74,3 +75,21 @@ def test_last_step_of_self_attention_sees_the_whole_sequence_and_first_step_only
 def test_cross_attention_output_has_the_query_length():
     enc = TransformerEncoder(8, 2, layers=1).eval()
     assert enc(torch.randn(5, 3, 8), torch.randn(9, 3, 8)).shape == (5, 3, 8)
+
+
+@pytest.mark.parametrize("source_len", [None, 4, 9])
+@pytest.mark.parametrize("attn_mask", [True, False])
+def test_last_only_is_the_last_step_of_the_full_output_with_the_same_gradients(source_len, attn_mask):
+    torch.manual_seed(0)
+    enc = TransformerEncoder(8, 2, 3, attn_mask=attn_mask).eval()
+    x = torch.randn(6, 3, 8)
+    x[2, 1, 0] = 0.0  # a padding-like step (position 0)
+    src = None if source_len is None else torch.randn(source_len, 3, 8)
+    full = enc(x, src)
+    last = enc(x, src, last_only=True)
+    assert last.shape == (1, 3, 8)
+    torch.testing.assert_close(last[0], full[-1])
+    g_full = torch.autograd.grad(full[-1].square().sum(), list(enc.parameters()), allow_unused=True)
+    g_last = torch.autograd.grad(last[0].square().sum(), list(enc.parameters()), allow_unused=True)
+    for a, b in zip(g_full, g_last):
+        torch.testing.assert_close(a, b)
