@@ -372,15 +372,13 @@ def attention_weights(model: DMD, text: torch.Tensor, audio: torch.Tensor, visio
         seen["query"], seen["key"], seen["mask"] = args[0], args[1], args[3]
 
     handle = attn.register_forward_pre_hook(hook)
-    was_training, together = model.training, model.run_together
+    was_training = model.training
     try:
         model.eval()
-        model.run_together = False  # each Transformer's own modules run, so the hook sees the layer
         model(text, audio, vision)
     finally:
         handle.remove()
         model.train(was_training)
-        model.run_together = together
     query, key, mask = seen["query"], seen["key"], seen["mask"]  # (Tq, B, d), (Tk, B, d)
     dim, heads = attn.dim, attn.heads
     w, b = attn.in_proj_weight, attn.in_proj_bias

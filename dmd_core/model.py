@@ -20,7 +20,7 @@ from torch import nn
 from .config import MODALITIES, BertSpec, DMDConfig
 from .cpu_kernels import dropout
 from .distill import Graph, GraphDistillation
-from .transformer import TransformerEncoder, run_together
+from .transformer import TransformerEncoder
 
 # Sources of each target's cross-modal Transformers, in the order their outputs
 # are concatenated (the reference's: L <- [A, V], V <- [L, A], A <- [L, V]).
@@ -227,18 +227,6 @@ class DMD(nn.Module):
         # 9. The two GD-Units.
         self.homo_gd = GraphDistillation.homo(cfg)
         self.hetero_gd = GraphDistillation.hetero(cfg)
-        # Same-shaped Transformers run as one batched computation (transformer.run_together). Off: each
-        # module's own forward runs (e.g. for hooks on its layers).
-        self.run_together = True
-
-    def _encoders(self, encoders, xs, sources=None, last_only: bool = False) -> list[torch.Tensor]:
-        """``[enc(x, source, last_only) ...]``; batched into one computation when all shapes agree (aligned data)."""
-        shapes = {tuple(x.shape) for x in xs} | ({tuple(s.shape) for s in sources} if sources is not None else set())
-        if self.run_together and len(shapes) == 1:
-            return run_together(encoders, xs, sources, last_only)
-        return [
-            enc(x, None if sources is None else sources[i], last_only) for i, (enc, x) in enumerate(zip(encoders, xs))
-        ]
 
     def _attn_dropout(self, source: str) -> float:
         cfg = self.config
@@ -280,18 +268,15 @@ class DMD(nn.Module):
         homo_branch = Branch(logits=torch.stack([h[2] for h in homo]), reprs=torch.stack([h[0] for h in homo]))
 
         # 5. Shared fusion: last time step of each modality's self-attention.
-        shared = self._encoders([self.shared_attn[m] for m in MODALITIES],
-                                [dec.shared[m].permute(2, 0, 1) for m in MODALITIES], last_only=True)  # fmt: skip
-        c_fused = torch.cat([c[-1] for c in shared], dim=1)  # (B, 3d)
+        c_last = [self.shared_attn[m](dec.shared[m].permute(2, 0, 1), last_only=True)[-1] for m in MODALITIES]  # (B, d)
+        c_fused = torch.cat(c_last, dim=1)  # (B, 3d)
         logit_c = self.fusion_head(c_fused)[2]
 
         # 6. Heterogeneous branch: each target attends to the two other modalities.
-        pairs = [(m, n) for m in MODALITIES for n in CROSS_SOURCES[m]]
-        cross = self._encoders([self.cross[m + n] for m, n in pairs], [s_seq[m] for m, _ in pairs],
-                               [s_seq[n] for _, n in pairs])  # fmt: skip
-        h = [torch.cat(cross[2 * i : 2 * i + 2], dim=-1) for i in range(len(MODALITIES))]  # (T_m, B, 2d) each
-        memory = self._encoders([self.memory[m] for m in MODALITIES], h, last_only=True)
-        g = [mem[-1] for mem in memory]  # (B, 2d) each
+        g = []
+        for m in MODALITIES:
+            h = torch.cat([self.cross[m + n](s_seq[m], s_seq[n]) for n in CROSS_SOURCES[m]], dim=-1)  # (T_m, B, 2d)
+            g.append(self.memory[m](h, last_only=True)[-1])  # (B, 2d)
         hetero = [self.hetero_heads[m](g_m) for m, g_m in zip(MODALITIES, g)]
         hetero_branch = Branch(
             logits=torch.stack([h[2] for h in hetero]), reprs=torch.stack([h[1] for h in hetero]), hidden=torch.stack(g)

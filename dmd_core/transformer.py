@@ -17,7 +17,6 @@ Sequences are time-first, ``(T, B, d)``, as in the reference.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,9 +43,9 @@ def sinusoid_positions(positions: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def feature_positions(x: torch.Tensor) -> torch.Tensor:
-    """Positions of a ``(..., T, B, d)`` sequence: ``t + 1``, or 0 where ``x[..., t, b, 0] == 0``."""
-    steps = torch.arange(1, x.shape[-3] + 1, device=x.device).unsqueeze(1)  # (T, 1)
-    return torch.where(x[..., 0] == 0, torch.zeros_like(steps), steps)  # (..., T, B)
+    """Positions of a ``(T, B, d)`` sequence: ``t + 1``, or 0 where ``x[t, b, 0] == 0``."""
+    steps = torch.arange(1, x.shape[0] + 1, device=x.device).unsqueeze(1)  # (T, 1)
+    return torch.where(x[..., 0] == 0, torch.zeros_like(steps), steps)  # (T, B)
 
 
 def future_mask(len_q: int, len_k: int, device: torch.device) -> torch.Tensor:
@@ -100,32 +99,30 @@ class MultiheadAttention(nn.Module):
             k = F.linear(key, w[dim : 2 * dim], b[dim : 2 * dim])
             v = F.linear(value, w[2 * dim :], b[2 * dim :])
 
+        causal = isinstance(mask, str)
+        p = self.dropout if self.training else 0.0
         n, dh = batch * self.heads, dim // self.heads
+        if q.device.type == "cpu" and not torch.compiler.is_compiling():
+            # CPU: tiled attention (cpu_kernels.py), 2x faster than scaled_dot_product_attention at DMD's
+            # head sizes of 5-10 and 4-8x faster with dropout. Works on time-first views: no permute copies.
+            def split(t: torch.Tensor) -> torch.Tensor:  # (L, B, d) -> (B*h, L, d/h)
+                return t.reshape(t.shape[0], n, dh).transpose(0, 1)
 
-        def split(t: torch.Tensor) -> torch.Tensor:  # (L, B, d) -> (B*h, L, d/h), a time-first view
-            return t.reshape(t.shape[0], n, dh).transpose(0, 1)
+            offset = abs(key.shape[0] - len_q) if causal else mask
+            out = tiled_attention(split(q), split(k), split(v), offset, p).transpose(0, 1)  # (Lq, B*h, dh)
+        else:
 
-        out = attention(split(q), split(k), split(v), mask, self.dropout if self.training else 0.0)
-        return self.out_proj(out.transpose(0, 1).reshape(len_q, batch, dim))
+            def heads(t: torch.Tensor) -> torch.Tensor:  # (L, B, d) -> (B, h, L, d/h)
+                return t.reshape(t.shape[0], batch, self.heads, dh).permute(1, 2, 0, 3)
 
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | str | None, p: float):
-    """``softmax(q k^T / sqrt(d_h) + mask)``, dropout ``p``, times ``v``: ``(N, L, d_h)`` tensors, N = batch x heads.
-
-    ``mask`` as in :meth:`MultiheadAttention.forward`. CPU: tiled attention (cpu_kernels.py), 2x
-    faster than ``scaled_dot_product_attention`` at DMD's head sizes of 5-10 and 4-8x faster with
-    dropout; it also takes strided (time-first) views without copies. Elsewhere (and under
-    ``torch.compile``): ``scaled_dot_product_attention``, which skips the causal mask when square.
-    """
-    len_q, len_k = q.shape[1], k.shape[1]
-    causal = isinstance(mask, str)
-    if q.device.type == "cpu" and not torch.compiler.is_compiling():
-        return tiled_attention(q, k, v, abs(len_k - len_q) if causal else mask, p)
-    square = len_q == len_k
-    attn_mask = future_mask(len_q, len_k, q.device) if causal and not square else mask
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=None if causal and square else attn_mask, dropout_p=p, is_causal=causal and square
-    )
+            square = len_q == key.shape[0]
+            attn_mask = future_mask(len_q, key.shape[0], q.device) if causal and not square else mask
+            out = F.scaled_dot_product_attention(
+                heads(q), heads(k), heads(v), attn_mask=None if causal and square else attn_mask,
+                dropout_p=p, is_causal=causal and square,
+            ).permute(2, 0, 1, 3)  # fmt: skip
+        out = out.reshape(len_q, batch, dim)
+        return self.out_proj(out)
 
 
 class TransformerLayer(nn.Module):
@@ -210,121 +207,3 @@ class TransformerEncoder(nn.Module):
             else:
                 h = layer(h, kv, mask)
         return self.layer_norm(h[-1:] if last_only else h)
-
-
-# ---- several encoders of the same shape at once ---------------------------------------------------------
-
-
-def run_together(
-    encoders: Sequence[TransformerEncoder],
-    xs: Sequence[torch.Tensor],
-    sources: Sequence[torch.Tensor] | None = None,
-    last_only: bool = False,
-) -> list[torch.Tensor]:
-    """``[enc(x, source, last_only) for ...]`` for encoders of one shape on inputs of one shape, batched.
-
-    The same function (only the dropout masks are drawn differently): the encoders' weights are
-    stacked and every step runs once for all of them, as batched matrix products, instead of once
-    per encoder. On aligned data DMD's six cross-modal Transformers, three shared-feature and three
-    memory Transformers each have one shape: a quarter of the operations, ~15% faster on CPU and
-    fewer kernel launches on GPU. The weights stay in their modules (checkpoints are unchanged).
-    """
-    k_enc = len(encoders)
-    # Encoders with equal attention dropout next to each other: one attention call per dropout rate.
-    order = sorted(range(k_enc), key=lambda i: encoders[i].layers[0].self_attn.dropout if encoders[i].layers else 0)
-    encs = [encoders[i] for i in order]
-    first = encs[0]
-    x = torch.stack([xs[i] for i in order])  # (K, Lq, B, d)
-    h = dropout(first.embed(x), first.embed_dropout, first.training)
-    kv = None
-    if sources is not None:
-        src = first.embed(torch.stack([sources[i] for i in order]))  # (K, Lk, B, d)
-        if first.training and first.embed_dropout > 0:  # key and value: own dropout masks, as the reference
-            kv = (dropout(src, first.embed_dropout), dropout(src, first.embed_dropout))
-        else:
-            kv = (src, src)
-    mask = "causal" if first.attn_mask else None
-    n_layers = len(first.layers)
-    for i in range(n_layers):
-        layers = [e.layers[i] for e in encs]
-        if last_only and i == n_layers - 1:  # as in TransformerEncoder.forward: the last query sees every key
-            h = _layer_together(layers, h[:, -1:], (h, h) if kv is None else kv, None)
-        else:
-            h = _layer_together(layers, h, kv, mask)
-    h = h[:, -1:] if last_only else h
-    out = _norm_together([e.layer_norm for e in encs], h)
-    result: list[torch.Tensor] = [torch.empty(0)] * k_enc
-    for j, i in enumerate(order):
-        result[i] = out[j]
-    return result
-
-
-def _norm_together(norms: Sequence[nn.LayerNorm], x: torch.Tensor) -> torch.Tensor:
-    """Each group's LayerNorm on ``x (K, L, B, d)``."""
-    w = torch.stack([n.weight for n in norms])[:, None, None]
-    b = torch.stack([n.bias for n in norms])[:, None, None]
-    return torch.addcmul(b, F.layer_norm(x, x.shape[-1:], eps=norms[0].eps), w)
-
-
-def _linear_together(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """``x (K, L, B, in)`` times each group's ``weight (K, out, in)`` plus ``bias (K, out)``."""
-    k, length, batch, _ = x.shape
-    out = torch.baddbmm(bias.unsqueeze(1), x.reshape(k, length * batch, -1), weight.transpose(1, 2))
-    return out.view(k, length, batch, -1)
-
-
-def _layer_together(layers: Sequence[TransformerLayer], x, kv, mask) -> torch.Tensor:
-    """:meth:`TransformerLayer.forward` for the K groups of ``x (K, Lq, B, d)``."""
-    first = layers[0]
-    q = _norm_together([la.layer_norms[0] for la in layers], x)
-    if kv is None:
-        k = v = q
-    else:
-        k = _norm_together([la.layer_norms[0] for la in layers], kv[0])
-        v = k if kv[1] is kv[0] else _norm_together([la.layer_norms[0] for la in layers], kv[1])
-    attn = _attention_together([la.self_attn for la in layers], q, k, v, mask)
-    x = x + dropout(attn, first.res_dropout, first.training)
-    fc1 = [la.fc1 for la in layers]
-    fc2 = [la.fc2 for la in layers]
-    h = _norm_together([la.layer_norms[1] for la in layers], x)
-    h = F.relu(_linear_together(h, torch.stack([f.weight for f in fc1]), torch.stack([f.bias for f in fc1])))
-    h = dropout(h, first.relu_dropout, first.training)
-    h = _linear_together(h, torch.stack([f.weight for f in fc2]), torch.stack([f.bias for f in fc2]))
-    return x + dropout(h, first.res_dropout, first.training)
-
-
-def _attention_together(attns: Sequence[MultiheadAttention], q, k, v, mask) -> torch.Tensor:
-    """:meth:`MultiheadAttention.forward` for the K groups of ``q (K, Lq, B, d)``, ``k``/``v (K, Lk, B, d)``."""
-    groups, len_q, batch, dim = q.shape
-    heads, dh = attns[0].heads, dim // attns[0].heads
-    w = torch.stack([a.in_proj_weight for a in attns])
-    b = torch.stack([a.in_proj_bias for a in attns])
-    if k is q and v is q:
-        q, k, v = _linear_together(q, w, b).chunk(3, dim=-1)
-    elif k is v:
-        q = _linear_together(q, w[:, :dim], b[:, :dim])
-        k, v = _linear_together(k, w[:, dim:], b[:, dim:]).chunk(2, dim=-1)
-    else:
-        q = _linear_together(q, w[:, :dim], b[:, :dim])
-        k = _linear_together(k, w[:, dim : 2 * dim], b[:, dim : 2 * dim])
-        v = _linear_together(v, w[:, 2 * dim :], b[:, 2 * dim :])
-
-    def split(t: torch.Tensor) -> torch.Tensor:  # (K, L, B, d) -> (K*B*h, L, d/h)
-        return t.reshape(groups, t.shape[1], batch * heads, dh).transpose(1, 2).reshape(-1, t.shape[1], dh)
-
-    q, k, v = split(q), split(k), split(v)
-    rates = [a.dropout if a.training else 0.0 for a in attns]
-    outs, start = [], 0
-    per = batch * heads
-    while start < groups:  # one call per run of equal dropout rates
-        end = start + 1
-        while end < groups and rates[end] == rates[start]:
-            end += 1
-        sl = slice(start * per, end * per)
-        outs.append(attention(q[sl], k[sl], v[sl], mask, rates[start]))
-        start = end
-    out = torch.cat(outs) if len(outs) > 1 else outs[0]  # (K*B*h, Lq, dh)
-    out = out.reshape(groups, batch * heads, len_q, dh).transpose(1, 2).reshape(groups, len_q, batch, dim)
-    w_out = torch.stack([a.out_proj.weight for a in attns])
-    b_out = torch.stack([a.out_proj.bias for a in attns])
-    return _linear_together(out, w_out, b_out)

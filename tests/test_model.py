@@ -11,7 +11,7 @@ import torch
 import dmd_core
 from dmd_core.config import BertSpec, DMDConfig, preset
 from dmd_core.losses import total_loss
-from dmd_core.model import DMD, BertUnavailableError
+from dmd_core.model import BertUnavailableError
 
 from .conftest import tiny_config, tiny_inputs
 
@@ -195,41 +195,3 @@ def test_config_round_trips_through_a_dict():
 def test_invalid_configs_are_rejected_with_the_field_named(changes, match):
     with pytest.raises(ValueError, match=match):
         DMDConfig(**changes)
-
-
-def test_same_shaped_transformers_run_together_compute_what_each_module_computes():
-    """Aligned data: the batched path (transformer.run_together) equals each module's own forward,
-    outputs and gradients, with the official dropout rates switched off by eval mode."""
-    cfg = tiny_config(seq_lens=(10, 10, 10), kernel_sizes=(3, 3, 3), nlevels=2)
-    torch.manual_seed(0)
-    model = DMD(cfg).eval()
-    text, audio, vision = torch.randn(3, 10, 16), torch.randn(3, 10, 4), torch.randn(3, 10, 6)
-    vision[1, 2:] = 0.0  # padded steps get position 0 in both paths
-
-    def run(together: bool):
-        model.run_together = together
-        model.zero_grad()
-        out = model(text, audio, vision)
-        (out.prediction.sum() + out.hetero.hidden.square().sum() + out.logit_c.sum()).backward()
-        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    (a, ga), (b, gb) = run(True), run(False)
-    for x, y in [(a.prediction, b.prediction), (a.logit_c, b.logit_c), (a.hetero.hidden, b.hetero.hidden)]:
-        torch.testing.assert_close(x, y)
-    assert ga.keys() == gb.keys()
-    for name in ga:
-        torch.testing.assert_close(ga[name], gb[name], msg=name)
-
-
-def test_run_together_is_used_only_when_every_shape_agrees(monkeypatch):
-    calls = []
-    import dmd_core.model as M
-
-    real = M.run_together
-    monkeypatch.setattr(M, "run_together", lambda *a, **k: calls.append(len(a[0])) or real(*a, **k))
-    x = torch.randn(2, 10, 16), torch.randn(2, 10, 4), torch.randn(2, 10, 6)
-    DMD(tiny_config(seq_lens=(10, 10, 10), kernel_sizes=(3, 3, 3))).train()(*x)
-    assert calls == [3, 6, 3]  # shared, cross-modal, memory
-    calls.clear()
-    DMD(tiny_config()).train()(*tiny_inputs(tiny_config())[:3])  # unaligned lengths: each module on its own
-    assert calls == []
