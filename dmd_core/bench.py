@@ -117,19 +117,29 @@ def peak_matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 2048
 
 
 def count_flops(model, batch, bf16: bool, train: bool) -> float:
-    """FLOPs of one forward (+ backward when ``train``) on ``batch``, by PyTorch's flop counter."""
+    """Model FLOPs of one forward (+ backward when ``train``) on ``batch``, by PyTorch's flop counter.
+
+    Counted with ``scaled_dot_product_attention`` everywhere, so attention is the dense map
+    (the usual MFU convention), whatever kernel the run uses: the CPU's tiled attention skips
+    masked blocks and recomputes probabilities in the backward, which would count differently.
+    """
     from torch.utils.flop_counter import FlopCounterMode
 
+    from . import transformer
     from .devices import autocast
 
     device = batch.labels.device
     model.train(train)
-    with FlopCounterMode(display=False) as counter:
-        with torch.set_grad_enabled(train), autocast(device, bf16):
-            out = model(batch.text, batch.audio, batch.vision)
-            loss = total_loss(model, out, batch.labels).total if train else out.prediction.sum()
-        if train:
-            loss.backward()
+    tiled, transformer.TILED_ON_CPU = transformer.TILED_ON_CPU, False
+    try:
+        with FlopCounterMode(display=False) as counter:
+            with torch.set_grad_enabled(train), autocast(device, bf16):
+                out = model(batch.text, batch.audio, batch.vision)
+                loss = total_loss(model, out, batch.labels).total if train else out.prediction.sum()
+            if train:
+                loss.backward()
+    finally:
+        transformer.TILED_ON_CPU = tiled
     model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
 

@@ -60,6 +60,11 @@ def future_mask(len_q: int, len_k: int, device: torch.device) -> torch.Tensor:
     return j <= i + abs(len_k - len_q)
 
 
+# CPU attention goes through cpu_kernels.tiled_attention; False forces scaled_dot_product_attention
+# (dmd_core.bench counts model FLOPs that way: dense maps, whatever kernel runs).
+TILED_ON_CPU = True
+
+
 class MultiheadAttention(nn.Module):
     """Multi-head attention with a packed input projection, like ``nn.MultiheadAttention``.
 
@@ -102,7 +107,7 @@ class MultiheadAttention(nn.Module):
         causal = isinstance(mask, str)
         p = self.dropout if self.training else 0.0
         n, dh = batch * self.heads, dim // self.heads
-        if q.device.type == "cpu" and not torch.compiler.is_compiling():
+        if q.device.type == "cpu" and TILED_ON_CPU and not torch.compiler.is_compiling():
             # CPU: tiled attention (cpu_kernels.py), 2x faster than scaled_dot_product_attention at DMD's
             # head sizes of 5-10 and 4-8x faster with dropout. Works on time-first views: no permute copies.
             def split(t: torch.Tensor) -> torch.Tensor:  # (L, B, d) -> (B*h, L, d/h)
