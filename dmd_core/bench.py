@@ -122,6 +122,8 @@ def count_flops(model, batch, bf16: bool, train: bool) -> float:
     Counted with ``scaled_dot_product_attention`` everywhere, so attention is the dense map
     (the usual MFU convention), whatever kernel the run uses: the CPU's tiled attention skips
     masked blocks and recomputes probabilities in the backward, which would count differently.
+    Dropout is off while counting (it has no FLOPs; with it, CPU attention would materialise
+    every map and the count alone would set the run's peak memory).
     """
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -129,7 +131,7 @@ def count_flops(model, batch, bf16: bool, train: bool) -> float:
     from .devices import autocast
 
     device = batch.labels.device
-    model.train(train)
+    model.eval()
     tiled, transformer.TILED_ON_CPU = transformer.TILED_ON_CPU, False
     try:
         with FlopCounterMode(display=False) as counter:

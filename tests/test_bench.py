@@ -65,7 +65,7 @@ def test_model_flops_count_dense_attention_whatever_kernel_runs():
     transformer.TILED_ON_CPU = False
     try:
         with FlopCounterMode(display=False) as dense:
-            model.train()
+            model.eval()
             total_loss(model, model(text, audio, vision), labels).total.backward()
     finally:
         transformer.TILED_ON_CPU = True
