@@ -1,7 +1,8 @@
 """The MulT Transformer (fairseq style) that DMD uses for every attention block.
 
-Exactly the reference's computation (spec section 8), written with
-``scaled_dot_product_attention``:
+Exactly the reference's computation (spec section 8), with attention by
+``scaled_dot_product_attention`` on GPU and by :func:`cpu_kernels.tiled_attention`
+on CPU:
 
 * inputs are scaled by ``sqrt(d)`` and get sinusoidal positions ``t + 1``, except
   that a time step whose first feature channel is exactly 0 gets position 0,
@@ -109,7 +110,8 @@ class MultiheadAttention(nn.Module):
         n, dh = batch * self.heads, dim // self.heads
         if q.device.type == "cpu" and TILED_ON_CPU and not torch.compiler.is_compiling():
             # CPU: tiled attention (cpu_kernels.py), 2x faster than scaled_dot_product_attention at DMD's
-            # head sizes of 5-10 and 4-8x faster with dropout. Works on time-first views: no permute copies.
+            # head sizes of 5-10 and 7-10x with dropout (benchmarks/bench_attention.py). It takes the
+            # time-first views as they are: no permute copies.
             def split(t: torch.Tensor) -> torch.Tensor:  # (L, B, d) -> (B*h, L, d/h)
                 return t.reshape(t.shape[0], n, dh).transpose(0, 1)
 
