@@ -137,7 +137,7 @@ def _general_plan(allowed: torch.Tensor, n: int) -> tuple[torch.Tensor, tuple[Ti
 class _TiledAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, bias, p, tiles):  # q (N, Lq, dh), k/v (N, Lk, dh) any strides; bias (Lq, Lk)
-        scale, keep_scale = q.shape[-1] ** -0.5, 1.0 / (1.0 - p)
+        scale, keep_scale = q.shape[-1] ** -0.5, (1.0 / (1.0 - p) if p < 1 else 0.0)  # p = 1: all dropped
         q_s, v_s = q * scale, v * keep_scale  # fold both scalings into the narrow operands
         out = torch.empty_like(q)  # same memory layout as q (e.g. time-first)
         rng = _generator() if p > 0 else None

@@ -170,3 +170,12 @@ def test_a_plan_first_made_in_inference_mode_serves_training_later():
         C.tiled_attention(q.detach(), k.detach(), v.detach(), 0, 0.0)
     C.tiled_attention(q, k, v, 0, 0.2).sum().backward()  # the cached mask is a normal tensor
     assert q.grad is not None
+
+
+def test_dropout_of_one_drops_everything_like_sdpa():
+    q, k, v = _qkv(6, 6, torch.float32)
+    out = C.tiled_attention(q, k, v, 0, 1.0)
+    assert torch.equal(out, torch.zeros_like(out))
+    out.sum().backward()
+    assert all(torch.equal(t.grad, torch.zeros_like(t)) for t in (q, k, v))
+    assert torch.equal(C.dropout(q, 1.0), torch.zeros_like(q))
