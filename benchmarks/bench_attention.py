@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dmd_core.bench import machine_info
+from dmd_core.bench import append_rows, machine_info
 from dmd_core.cpu_kernels import tiled_attention
 from dmd_core.transformer import future_mask
 
@@ -91,15 +91,13 @@ def main() -> None:
                     f"| {sd_eval / ti_eval:.1f}x | {m['cpu']} |\n")  # fmt: skip
         print(f"{name} (dropout {p}): train sdpa {sd_train:.1f} ms, tiled {ti_train:.1f} ms "
               f"({sd_train / ti_train:.1f}x); eval {sd_eval:.1f} vs {ti_eval:.1f} ms ({sd_eval / ti_eval:.1f}x)")  # fmt: skip
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    if not RESULTS.exists():
-        RESULTS.write_text(
-            "# CPU attention: tiled vs scaled_dot_product_attention (batch 16, one map, ms)\n\n"
-            "| date | commit | map | dropout | threads | train SDPA | train tiled | speed-up | eval SDPA "
-            "| eval tiled | speed-up | cpu |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
-        )
-    with RESULTS.open("a") as f:
-        f.writelines(rows)
+    append_rows(
+        RESULTS,
+        "# CPU attention: tiled vs scaled_dot_product_attention (batch 16, one map, ms)\n\n"
+        "| date | commit | map | dropout | threads | train SDPA | train tiled | speed-up | eval SDPA "
+        "| eval tiled | speed-up | cpu |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        rows,
+    )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from dmd_core.bench import machine_info
+from dmd_core.bench import append_rows, machine_info
 from dmd_core.losses import margin_loss
 from dmd_core.reference import reference_margin_loss
 
@@ -50,14 +50,13 @@ def main() -> None:
     ratio = t_loop / t_fast
     print(f"batch {args.batch}: vectorised {t_fast * 1e3:.2f} ms, loop {t_loop * 1e3:.1f} ms, speed-up {ratio:.0f}x")
     m = machine_info(torch.device("cpu"))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    if not RESULTS.exists():
-        RESULTS.write_text("# Margin loss: vectorised vs loop definition (forward + backward, CPU)\n\n"
-                           "| date | commit | batch | threads | vectorised ms | loop ms | speed-up | cpu |\n"
-                           "|---|---|---|---|---|---|---|---|\n")  # fmt: skip
-    with RESULTS.open("a") as f:
-        f.write(f"| {m['date']} | {m['commit']} | {args.batch} | {torch.get_num_threads()} | {t_fast * 1e3:.2f} "
-                f"| {t_loop * 1e3:.1f} | {ratio:.0f}x | {m['cpu']} |\n")  # fmt: skip
+    append_rows(
+        RESULTS,
+        "# Margin loss: vectorised vs loop definition (forward + backward, CPU)\n\n"
+        "| date | commit | batch | threads | vectorised ms | loop ms | speed-up | cpu |\n|---|---|---|---|---|---|---|---|\n",
+        [f"| {m['date']} | {m['commit']} | {args.batch} | {torch.get_num_threads()} | {t_fast * 1e3:.2f} "
+         f"| {t_loop * 1e3:.1f} | {ratio:.0f}x | {m['cpu']} |"],
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

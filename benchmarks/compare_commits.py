@@ -87,16 +87,17 @@ def main() -> None:
     print(f"{setting}: {revs['before']} {before:.2f} -> {revs['after']} {after:.2f} samples/s ({after / before:.2f}x)")
     import torch
 
-    from dmd_core.bench import machine_info
+    from dmd_core.bench import append_rows, machine_info
 
     m = machine_info(torch.device("cpu"))
-    if not RESULTS.exists():
-        RESULTS.write_text("# Before/after training throughput, measured alternately in one run\n\n"
-                           "| date | setting | threads | before | samples/s | after | samples/s | ratio | runs each | cpu |\n"
-                           "|---|---|---|---|---|---|---|---|---|---|\n")  # fmt: skip
-    with RESULTS.open("a") as f:
-        f.write(f"| {m['date']} | {setting} | {args.threads} | {revs['before']} | {before:.2f} | {revs['after']} "
-                f"| {after:.2f} | {after / before:.2f}x | {args.rounds} | {m['cpu']} |\n")  # fmt: skip
+    append_rows(
+        RESULTS,
+        "# Before/after training throughput, measured alternately in one run\n\n"
+        "| date | setting | threads | before | samples/s | after | samples/s | ratio | runs each | cpu |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n",
+        [f"| {m['date']} | {setting} | {args.threads} | {revs['before']} | {before:.2f} | {revs['after']} "
+         f"| {after:.2f} | {after / before:.2f}x | {args.rounds} | {m['cpu']} |"],
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -238,6 +238,15 @@ TABLE_HEADER = (
 )
 
 
+def append_rows(table: Path, header: str, rows: list[str]) -> None:
+    """Append ``rows`` (markdown table lines) to ``table``, starting it with ``header`` if it is new."""
+    table.parent.mkdir(parents=True, exist_ok=True)
+    if not table.exists():
+        table.write_text(header)
+    with table.open("a") as f:
+        f.writelines(row if row.endswith("\n") else row + "\n" for row in rows)
+
+
 def record(result: dict[str, Any], folder: Path = RESULTS) -> Path:
     """Write ``result`` as JSON and append a row to ``results.md`` in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -245,16 +254,12 @@ def record(result: dict[str, Any], folder: Path = RESULTS) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = folder / f"{s['name']}-{stamp}.json"
     path.write_text(json.dumps(result, indent=2))
-    table = folder / "results.md"
-    if not table.exists():
-        table.write_text("# Benchmark results (`dmd bench`)\n\n" + TABLE_HEADER)
     gpu = "" if result["peak_device_gb"] is None else f"{result['peak_device_gb']:.2f}"
     row = (f"| {m['date']} | {m['commit']} | {s['name']} | {s['threads']} | {result['train_samples_per_s']:.1f} "
            f"| {result['eval_samples_per_s']:.1f} | {result['peak_rss_gb']:.2f} | {gpu} "
            f"| {result['flops_per_train_sample'] / 1e9:.2f} | {100 * result['train_mfu']:.1f}% "
-           f"| {m['gpu'] or m['cpu']}, torch {m['torch']} |\n")  # fmt: skip
-    with table.open("a") as f:
-        f.write(row)
+           f"| {m['gpu'] or m['cpu']}, torch {m['torch']} |")  # fmt: skip
+    append_rows(folder / "results.md", "# Benchmark results (`dmd bench`)\n\n" + TABLE_HEADER, [row])
     return path
 
 
