@@ -164,10 +164,12 @@ class _TiledAttention(torch.autograd.Function):
             g_out = grad_out[ns, rows]
             grad = torch.bmm(g_out, v_s[ns, :end].transpose(1, 2))  # d(kept attn), keep_scale included
             keep = None
-            if ctx.masks:
-                keep = torch.from_numpy(np.unpackbits(ctx.masks[t], count=attn.numel())).view(attn.shape)
-                grad.mul_(keep)
-            grad.sub_(delta[ns, rows]).mul_(attn)  # dS
+            if ctx.masks:  # converted to float once, used twice
+                bits = np.unpackbits(ctx.masks[t], count=attn.numel())
+                keep = torch.from_numpy(bits).view(attn.shape).to(attn.dtype)
+                grad = torch.addcmul(delta[ns, rows].neg(), grad, keep).mul_(attn)  # dS, one pass fewer
+            else:
+                grad.sub_(delta[ns, rows]).mul_(attn)  # dS
             dq[ns, rows] += _mm_narrow(grad, k[ns, :end])  # d(q_s)
             dk[ns, :end] += _mm_narrow(grad.transpose(1, 2), q_s[ns, rows])
             if keep is not None:
