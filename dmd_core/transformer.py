@@ -17,6 +17,7 @@ Sequences are time-first, ``(T, B, d)``, as in the reference.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -59,6 +60,13 @@ def future_mask(len_q: int, len_k: int, device: torch.device) -> torch.Tensor:
     i = torch.arange(len_q, device=device).unsqueeze(1)
     j = torch.arange(len_k, device=device).unsqueeze(0)
     return j <= i + abs(len_k - len_q)
+
+
+@functools.lru_cache(maxsize=32)
+@torch.inference_mode(False)  # cached for later calls, also ones that save it for backward
+def _shared_future_mask(len_q: int, len_k: int, device: torch.device) -> torch.Tensor:
+    """:func:`future_mask`, built once per shape and device (every layer of every step uses it)."""
+    return future_mask(len_q, len_k, device)
 
 
 # CPU attention goes through cpu_kernels.tiled_attention; False forces scaled_dot_product_attention
@@ -123,7 +131,7 @@ class MultiheadAttention(nn.Module):
                 return t.reshape(t.shape[0], batch, self.heads, dh).permute(1, 2, 0, 3)
 
             square = len_q == key.shape[0]
-            attn_mask = future_mask(len_q, key.shape[0], q.device) if causal and not square else mask
+            attn_mask = _shared_future_mask(len_q, key.shape[0], q.device) if causal and not square else mask
             out = F.scaled_dot_product_attention(
                 heads(q), heads(k), heads(v), attn_mask=None if causal and square else attn_mask,
                 dropout_p=p, is_causal=causal and square,
