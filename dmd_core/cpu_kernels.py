@@ -2,11 +2,26 @@
 
 DMD's attention heads are tiny (5 or 10 channels) and, on unaligned data, its
 maps are long (up to 496 x 496). On CPU, ``scaled_dot_product_attention``
-handles this badly: its flash kernel is 2x slower than the plain products
-below, and with dropout (which has no fused CPU kernel) it materialises the
-whole ``(B, h, Lq, Lk)`` map, passes over it a dozen times and draws the mask
-with torch's CPU generator at ~7 ns a value. :func:`tiled_attention` computes
-the same function tile by tile (the FlashAttention idea, in plain PyTorch ops):
+handles this badly: its flash kernel is 2x slower than plain products, and with
+dropout (which has no fused CPU kernel) it materialises the whole
+``(B, h, Lq, Lk)`` map, passes over it a dozen times and draws the mask with
+torch's CPU generator at ~7 ns a value. :func:`tiled_attention` computes the
+same function two ways:
+
+**The compiled kernel** (``csrc/attention.c``, built on first use by
+:mod:`dmd_core.native`; used whenever :func:`uses_native` says so, which is
+every attention of a float32 DMD model on CPU). One query row at a time, 16 keys
+at a time, scores, softmax, dropout and the weighted values stay in vector
+registers; keys hidden by the mask are never touched; the backward pass
+recomputes the probabilities from the stored log-sum-exp and redraws the
+dropout flags from a counter-based hash of ``(seed, row, key)`` (the seed drawn
+from torch's generator, so ``torch.manual_seed`` reproduces it): nothing of the
+size of a map is ever stored. 2-4x faster than the tiling below
+(``benchmarks/bench_attention.py``).
+
+**The PyTorch tiling** (the fallback where no C compiler works, and for float64,
+boolean masks, heads wider than 64 or ``p = 1``; the FlashAttention idea in plain
+PyTorch ops):
 
 * a tile is a few ``(batch, head)`` slices times a chunk of query rows, about
   ``BLOCK_BYTES`` of scores, so it stays in cache;
@@ -20,11 +35,12 @@ the same function tile by tile (the FlashAttention idea, in plain PyTorch ops):
   a numpy PCG64 stream seeded from torch's generator (so ``torch.manual_seed``
   reproduces it), and kept as packed bits (1/32 of the map) for the backward.
 
-The result equals ``softmax(q k^T / sqrt(d_h) + mask) * keep / (1 - p) @ v``
-with ``keep ~ Bernoulli(1 - p)`` i.i.d., the law of
+Both equal ``softmax(q k^T / sqrt(d_h) + mask) * keep / (1 - p) @ v`` with
+``keep ~ Bernoulli(1 - p)`` i.i.d., the law of
 ``scaled_dot_product_attention(..., dropout_p=p)`` (``p`` rounded to 24 bits,
-as a float32 uniform draw would); only the random stream differs.
-:func:`dropout` is ``F.dropout`` with the same mask generator.
+as a float32 uniform draw would); only the random streams differ (from each
+other and from torch's). :func:`dropout` is ``F.dropout`` with the numpy mask
+generator.
 """
 
 from __future__ import annotations
@@ -34,8 +50,13 @@ import functools
 import numpy as np
 import torch
 
+from . import native
+
 BLOCK_BYTES = 1 << 20  # ~1 MiB of scores per tile: fits a core's L2 (measured best among 0.5-4 MiB)
 ROW_CHUNK = 64  # query rows per tile when a mask lets whole key ranges be skipped
+# Attention runs in the compiled kernel (csrc/attention.c) where it applies (uses_native); False: the
+# PyTorch tiling below everywhere. The environment variable DMD_NATIVE=0 keeps the kernel from being built.
+NATIVE = True
 
 
 def keep_mask(rng: np.random.Generator, n: int, p: float) -> np.ndarray:
@@ -66,9 +87,14 @@ def keep_mask(rng: np.random.Generator, n: int, p: float) -> np.ndarray:
     return keep.view(np.uint8)
 
 
+def _seed() -> int:
+    """A 62-bit seed drawn from torch's CPU generator (``torch.manual_seed`` reproduces it)."""
+    return int(torch.randint(0, 2**62, (1,)).item())
+
+
 def _generator() -> np.random.Generator:
     """A numpy generator seeded from torch's CPU generator (``torch.manual_seed`` reproduces it)."""
-    return np.random.Generator(np.random.PCG64(int(torch.randint(0, 2**62, (1,)).item())))
+    return np.random.Generator(np.random.PCG64(_seed()))
 
 
 class _Dropout(torch.autograd.Function):
@@ -192,6 +218,80 @@ def _probs(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor) -> torch.Tensor
     return torch.softmax(torch.baddbmm(bias, q, k.transpose(1, 2)), dim=-1)
 
 
+def _p24(p: float) -> int:
+    """Dropout probability in units of 2^-24 (what the native kernel compares its 24-bit draws with)."""
+    return min(1 << 24, max(0, round(p * (1 << 24))))
+
+
+def _strided(t: torch.Tensor) -> tuple[int, int, int]:
+    return t.data_ptr(), t.stride(0), t.stride(1)
+
+
+def _time_first(n: int, length: int, dh: int, like: torch.Tensor) -> torch.Tensor:
+    """An ``(n, length, dh)`` view of a contiguous ``(length, n, dh)`` tensor (the Transformer's layout)."""
+    return like.new_empty(length, n, dh).transpose(0, 1)
+
+
+class _FusedAttention(torch.autograd.Function):
+    """The compiled kernel (``csrc/attention.c``): one pass per query row, mask redrawn in backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, offset, p):  # q (N, Lq, dh), k/v (N, Lk, dh) float32, channels contiguous
+        lib = native.library()
+        n, len_q, dh = q.shape
+        len_k = k.shape[1]
+        p24 = _p24(p)
+        seed = _seed() if p24 else 0
+        scale, keep_scale = dh**-0.5, 1.0 / (1.0 - p)
+        out = _time_first(n, len_q, dh, q)
+        lse = q.new_empty(n, len_q)
+        args = (n, len_q, len_k, dh, offset, scale, keep_scale, p24, seed, torch.get_num_threads())
+        _check(
+            lib.dmd_attention_forward(*_strided(q), *_strided(k), *_strided(v), *_strided(out), lse.data_ptr(), *args)
+        )
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.args = args
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse = ctx.saved_tensors
+        grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
+        n, len_q, len_k, dh = ctx.args[:4]
+        dq, dk, dv = _time_first(n, len_q, dh, q), _time_first(n, len_k, dh, q), _time_first(n, len_k, dh, q)
+        _check(native.library().dmd_attention_backward(
+            *_strided(q), *_strided(k), *_strided(v), *_strided(out), *_strided(grad_out), lse.data_ptr(),
+            *_strided(dq), *_strided(dk), *_strided(dv), *ctx.args,
+        ))  # fmt: skip
+        return dq, dk, dv, None, None
+
+
+def _check(code: int) -> None:
+    if code:
+        raise RuntimeError(f"native attention kernel failed (code {code}: 1 bad sizes, 2 out of memory)")
+
+
+def native_keep_mask(seed: int, n: int, len_q: int, len_k: int, p: float) -> torch.Tensor:
+    """The native kernel's keep flags ``(n, len_q, len_k)`` (bool) for ``seed``: what its dropout applies."""
+    keep = torch.empty(n, len_q, len_k, dtype=torch.uint8)
+    _check(native.library().dmd_keep_mask(keep.data_ptr(), n, len_q, len_k, _p24(p), seed))
+    return keep.bool()
+
+
+def uses_native(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, p: float) -> bool:
+    """Whether :func:`tiled_attention` runs the compiled kernel for these arguments.
+
+    It does for float32 CPU tensors, masks given as None or an offset >= 0, ``p < 1``, head
+    size up to 256, when :data:`NATIVE` is on and the kernel builds; otherwise the PyTorch
+    tiling computes the same function.
+    """
+    if not NATIVE or isinstance(mask, torch.Tensor) or (mask is not None and mask < 0) or p >= 1:
+        return False
+    if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in (q, k, v)) or not 0 < q.shape[-1] <= 64:
+        return False
+    return k.shape[1] > 0 and native.library() is not None
+
+
 def tiled_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | int | None, p: float
 ) -> torch.Tensor:
@@ -200,10 +300,14 @@ def tiled_attention(
     ``mask``: None (attend everywhere); an int ``offset``: key ``j`` is hidden from query ``i``
     when ``j > i + offset`` (0: causal; the reference's mask is ``offset = |Lk - Lq|``); or a
     boolean ``(Lq, Lk)`` tensor, True = attend. Every query must see at least one key.
-    Returns ``(N, Lq, d_h)`` laid out in memory like ``q``.
+    Returns ``(N, Lq, d_h)``: from the compiled kernel (see :func:`uses_native`) a view of a
+    time-first ``(Lq, N, d_h)`` tensor, otherwise laid out in memory like ``q``.
     """
     n, len_q, _ = q.shape
     len_k = k.shape[1]
+    if uses_native(q, k, v, mask, p):
+        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+        return _FusedAttention.apply(q, k, v, len_k if mask is None else mask, p)
     if isinstance(mask, torch.Tensor):
         bias, tiles = _general_plan(mask, n)
     else:

@@ -1,4 +1,8 @@
-"""CPU kernels: tiled attention (same function and gradients as SDPA, right dropout law) and fast dropout."""
+"""CPU kernels: tiled attention (same function and gradients as SDPA, right dropout law) and fast dropout.
+
+These test the PyTorch tiling (``C.NATIVE`` off) unless a test says otherwise; the compiled
+kernel has its own tests in test_native.py.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,22 @@ import torch
 import torch.nn.functional as F
 
 from dmd_core import cpu_kernels as C
+from dmd_core import native
 from dmd_core.transformer import MultiheadAttention, TransformerEncoder, future_mask
+
+
+@pytest.fixture(autouse=True)
+def pytorch_tiling(monkeypatch):
+    monkeypatch.setattr(C, "NATIVE", False)
+
+
+@pytest.fixture(params=[False, True], ids=["pytorch", "native"])
+def either_path(request, monkeypatch):
+    """Runs a test once with the PyTorch tiling and once with the compiled kernel (where it builds)."""
+    if request.param and native.library() is None:
+        pytest.skip("the native kernel did not build here")
+    monkeypatch.setattr(C, "NATIVE", request.param)
+    return request.param
 
 
 @pytest.fixture
@@ -76,7 +95,7 @@ def test_gradients_with_dropout_pass_gradcheck(small_tiles, lq, lk):
     assert torch.autograd.gradcheck(f, (q, k, v))
 
 
-def test_dropout_is_reproducible_from_torch_manual_seed_and_varies_otherwise():
+def test_dropout_is_reproducible_from_torch_manual_seed_and_varies_otherwise(either_path):
     q, k, v = _qkv(9, 9, torch.float32)
     torch.manual_seed(0)
     a = C.tiled_attention(q, k, v, None, 0.5)
@@ -86,7 +105,7 @@ def test_dropout_is_reproducible_from_torch_manual_seed_and_varies_otherwise():
     assert torch.equal(a, b) and not torch.equal(b, c)
 
 
-def test_expected_output_with_dropout_is_the_output_without():
+def test_expected_output_with_dropout_is_the_output_without(either_path):
     q, k, v = _qkv(5, 6, torch.float32)
     exact = F.scaled_dot_product_attention(q, k, v)
     torch.manual_seed(0)
@@ -129,7 +148,7 @@ def test_dropout_off_cpu_falls_back_to_torch():
     assert C.dropout(x, 0.3).device.type == "meta"
 
 
-def test_multihead_attention_on_cpu_uses_the_tiled_path_and_matches_sdpa(monkeypatch):
+def test_multihead_attention_on_cpu_uses_the_tiled_path_and_matches_sdpa(monkeypatch, either_path):
     calls = []
     real = C.tiled_attention
 
@@ -149,7 +168,7 @@ def test_multihead_attention_on_cpu_uses_the_tiled_path_and_matches_sdpa(monkeyp
     torch.testing.assert_close(attn(x, x, x, "causal"), attn(x, x, x, future_mask(6, 6, x.device)))
 
 
-def test_encoder_trains_the_same_function_through_both_paths(monkeypatch):
+def test_encoder_trains_the_same_function_through_both_paths(monkeypatch, either_path):
     """Gradients of a cross-modal encoder in eval mode: tiled path == SDPA path."""
     torch.manual_seed(0)
     enc = TransformerEncoder(8, 2, 2, attn_mask=True).eval()
