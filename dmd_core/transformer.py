@@ -194,7 +194,13 @@ class TransformerEncoder(nn.Module):
         self.layer_norm = nn.LayerNorm(dim)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """``sqrt(d) * x + positions(x)`` (no dropout), ``(T, B, d)``."""
+        """``sqrt(d) * x + positions(x)`` (no dropout), ``(T, B, d)``, contiguous.
+
+        DMD passes permuted views of ``(B, d, T)`` features; elementwise ops keep an input's
+        memory layout, so without this copy every LayerNorm and Linear of every layer would
+        copy its input (and its gradient) to contiguous memory itself.
+        """
+        x = x.contiguous()
         pos = sinusoid_positions(feature_positions(x), self.dim).to(x.dtype)
         return math.sqrt(self.dim) * x + pos
 
