@@ -1,10 +1,12 @@
-"""CPU attention: ``dmd_core.cpu_kernels.tiled_attention`` against ``scaled_dot_product_attention``.
+"""CPU attention: the compiled kernel and the PyTorch tiling of ``dmd_core.cpu_kernels`` against SDPA.
 
 The attention maps of one official MOSI training step (batch 16, heads 10, head size 5, or 10 in
 the memory Transformers), each with the reference's mask and its dropout rate: forward +
-backward in training, forward alone in evaluation. Both implementations run interleaved in one
-process, so a change of machine load hits both alike; prints the ratios and appends a row per
-map to benchmarks/results/attention.md.
+backward in training, forward alone in evaluation. The three implementations
+(``scaled_dot_product_attention``, ``tiled_attention`` with ``NATIVE = False``, and with the
+compiled kernel) run interleaved in one process, so a change of machine load hits all alike;
+prints the ratios and appends a row per map to benchmarks/results/attention.md (the earlier
+tiling-vs-SDPA rows are in attention-tiling-vs-sdpa.md).
 Run: ``python benchmarks/bench_attention.py [--threads 2] [--repeats 5]``.
 """
 
@@ -18,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dmd_core import cpu_kernels, native
 from dmd_core.bench import append_rows, machine_info
 from dmd_core.cpu_kernels import tiled_attention
 from dmd_core.transformer import future_mask
@@ -44,10 +47,20 @@ def sdpa(q, k, v, p):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=future_mask(lq, lk, q.device), dropout_p=p)
 
 
-def tiled(q, k, v, p):
-    n, h, lq, dh = q.shape
-    flat = [t.reshape(n * h, t.shape[2], dh) for t in (q, k, v)]
-    return tiled_attention(*flat, abs(k.shape[2] - lq), p).reshape(n, h, lq, dh)
+def cpu_kernel(use_native: bool):
+    def attend(q, k, v, p):
+        n, h, lq, dh = q.shape
+        flat = [t.reshape(n * h, t.shape[2], dh) for t in (q, k, v)]
+        cpu_kernels.NATIVE = use_native
+        try:
+            return tiled_attention(*flat, abs(k.shape[2] - lq), p).reshape(n, h, lq, dh)
+        finally:
+            cpu_kernels.NATIVE = True
+
+    return attend
+
+
+tiling, fused = cpu_kernel(False), cpu_kernel(True)
 
 
 def seconds(fn, q, k, v, p, grad, train: bool, calls: int = 2) -> float:
@@ -70,6 +83,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if native.library() is None:
+        raise SystemExit("the native kernel did not build on this machine: nothing to compare")
     m = machine_info(torch.device("cpu"))
     rows = []
     for name, lq, lk, p, dh in MAPS:
@@ -77,25 +92,27 @@ def main() -> None:
         g = torch.Generator().manual_seed(0)
         q, k, v = (torch.randn(args.batch, heads, n, dh, generator=g, requires_grad=True) for n in (lq, lk, lk))
         grad = torch.randn(args.batch, heads, lq, dh, generator=g)
-        torch.testing.assert_close(tiled(q, k, v, 0.0), sdpa(q, k, v, 0.0), atol=1e-5, rtol=1e-4)
-        result = []
+        for fn in (tiling, fused):
+            torch.testing.assert_close(fn(q, k, v, 0.0), sdpa(q, k, v, 0.0), atol=1e-5, rtol=1e-4)
+        ms = {}
         for train in (True, False):
-            ours, theirs = [], []
+            times = {fn: [] for fn in (sdpa, tiling, fused)}
             for _ in range(args.repeats):  # interleaved
-                theirs.append(seconds(sdpa, q, k, v, p, grad, train))
-                ours.append(seconds(tiled, q, k, v, p, grad, train))
-            result += [statistics.median(theirs), statistics.median(ours)]
-        sd_train, ti_train, sd_eval, ti_eval = (1e3 * t for t in result)
-        rows.append(f"| {m['date']} | {m['commit']} | {name} | {p} | {torch.get_num_threads()} | {sd_train:.1f} "
-                    f"| {ti_train:.1f} | {sd_train / ti_train:.1f}x | {sd_eval:.1f} | {ti_eval:.1f} "
-                    f"| {sd_eval / ti_eval:.1f}x | {m['cpu']} |\n")  # fmt: skip
-        print(f"{name} (dropout {p}): train sdpa {sd_train:.1f} ms, tiled {ti_train:.1f} ms "
-              f"({sd_train / ti_train:.1f}x); eval {sd_eval:.1f} vs {ti_eval:.1f} ms ({sd_eval / ti_eval:.1f}x)")  # fmt: skip
+                for fn in times:
+                    times[fn].append(seconds(fn, q, k, v, p, grad, train))
+            ms[train] = [1e3 * statistics.median(times[fn]) for fn in (sdpa, tiling, fused)]
+        (sd, ti, na), (esd, eti, ena) = ms[True], ms[False]
+        rows.append(f"| {m['date']} | {m['commit']} | {name} | {p} | {torch.get_num_threads()} | {sd:.1f} | {ti:.1f} "
+                    f"| {na:.1f} | {sd / na:.1f}x | {ti / na:.1f}x | {esd:.1f} | {eti:.1f} | {ena:.1f} "
+                    f"| {esd / ena:.1f}x | {eti / ena:.1f}x | {m['cpu']} |\n")  # fmt: skip
+        print(f"{name} (dropout {p}): train sdpa {sd:.1f} ms, tiling {ti:.1f} ms, native {na:.1f} ms "
+              f"({sd / na:.1f}x sdpa, {ti / na:.1f}x tiling); eval {esd:.1f} / {eti:.1f} / {ena:.1f} ms")  # fmt: skip
     append_rows(
         RESULTS,
-        "# CPU attention: tiled vs scaled_dot_product_attention (batch 16, one map, ms)\n\n"
-        "| date | commit | map | dropout | threads | train SDPA | train tiled | speed-up | eval SDPA "
-        "| eval tiled | speed-up | cpu |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "# CPU attention: compiled kernel vs PyTorch tiling vs scaled_dot_product_attention (batch 16, one map, ms)\n\n"
+        "| date | commit | map | dropout | threads | train SDPA | train tiling | train native | native vs SDPA "
+        "| native vs tiling | eval SDPA | eval tiling | eval native | native vs SDPA | native vs tiling | cpu |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         rows,
     )
 

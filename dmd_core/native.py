@@ -139,7 +139,7 @@ def library() -> ctypes.CDLL | None:
                 raise NativeBuildError("no C compiler found (set CC, or install gcc or clang)")
             try:
                 path = build(cc)
-            except PermissionError:  # unwritable cache: build into a private temporary folder
+            except OSError:  # unwritable cache (permissions, read-only home): a private temporary folder
                 path = build(cc, Path(tempfile.mkdtemp(prefix="dmd_core-")))
             return _declare(ctypes.CDLL(str(path)))
         except (NativeBuildError, OSError) as err:
