@@ -1,7 +1,7 @@
-"""The compiled CPU kernel (``csrc/attention.c``): built on first use, loaded with ctypes.
+"""The compiled CPU kernels (``csrc/*.c``: attention): built on first use, loaded with ctypes.
 
-The C file is plain C99 with OpenMP (no PyTorch headers), so building it takes about a second
-with the system's C compiler. The shared library is cached under ``~/.cache/dmd_core`` (or
+The C files are plain C99 with OpenMP (no PyTorch headers), so building them takes about a
+second with the system's C compiler. The shared library is cached under ``~/.cache/dmd_core`` (or
 ``$DMD_CACHE``), keyed by the source, the compiler, its flags and the CPU, and rebuilt when
 any of them changes. Flags are tried from fastest to most portable (``-march=native`` and
 OpenMP first, plain ``-O3`` last).
@@ -28,7 +28,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("csrc") / "attention.c"
+SOURCES = tuple(sorted((Path(__file__).with_name("csrc")).glob("*.c")))
 FLAG_SETS = (
     ("-O3", "-march=native", "-fopenmp"),
     ("-O3", "-fopenmp"),
@@ -41,7 +41,7 @@ _lock = threading.Lock()
 
 
 class NativeBuildError(RuntimeError):
-    """The C kernel could not be compiled with any flag set (the message holds the compiler's output)."""
+    """The C kernels could not be compiled with any flag set (the message holds the compiler's output)."""
 
 
 def enabled() -> bool:
@@ -74,27 +74,27 @@ def _cpu_signature() -> str:
 
 
 def build(cc: str, folder: Path | None = None) -> Path:
-    """Compile the kernel (or find it cached); returns the shared library's path.
+    """Compile the kernels into one shared library (or find it cached); returns its path.
 
     Raises :class:`NativeBuildError` with the compiler's messages when every flag set fails.
     The library is written to a temporary name and moved into place, so processes building at
     the same time never load a half-written file.
     """
     folder = cache_dir() if folder is None else folder
-    source = SOURCE.read_bytes()
+    source = b"\0".join(path.name.encode() + b"\0" + path.read_bytes() for path in SOURCES)
     suffix = ".dylib" if platform.system() == "Darwin" else ".so"
     errors = []
     for flags in FLAG_SETS:
         key = hashlib.sha256(
             b"\0".join([source, cc.encode(), " ".join(flags + COMMON_FLAGS).encode(), _cpu_signature().encode()])
         ).hexdigest()[:16]
-        target = folder / f"attention-{key}{suffix}"
+        target = folder / f"kernels-{key}{suffix}"
         if target.exists():
             return target
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=suffix, dir=folder)
         os.close(fd)
-        cmd = [cc, *flags, *COMMON_FLAGS, "-o", tmp, str(SOURCE), "-lm"]
+        cmd = [cc, *flags, *COMMON_FLAGS, "-o", tmp, *map(str, SOURCES), "-lm"]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         except (OSError, subprocess.SubprocessError) as err:  # no such compiler, or it hung: other flags won't help
@@ -106,7 +106,7 @@ def build(cc: str, folder: Path | None = None) -> Path:
             return target
         errors.append(f"{' '.join(cmd)}:\n{done.stderr.strip()}")
         Path(tmp).unlink(missing_ok=True)
-    raise NativeBuildError("could not compile " + str(SOURCE) + ":\n" + "\n\n".join(errors))
+    raise NativeBuildError("could not compile " + ", ".join(map(str, SOURCES)) + ":\n" + "\n\n".join(errors))
 
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
@@ -144,7 +144,7 @@ def library() -> ctypes.CDLL | None:
             return _declare(ctypes.CDLL(str(path)))
         except (NativeBuildError, OSError) as err:
             warnings.warn(
-                f"dmd_core: the fused CPU attention kernel is unavailable, using the slower PyTorch path ({err})",
+                f"dmd_core: the compiled CPU kernels are unavailable, using the slower PyTorch path ({err})",
                 RuntimeWarning,
                 stacklevel=2,
             )

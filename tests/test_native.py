@@ -219,7 +219,7 @@ def test_a_missing_compiler_warns_once_and_falls_back(monkeypatch, tmp_path):
 def test_a_compiler_error_is_reported_with_its_messages(monkeypatch, tmp_path):
     bad = tmp_path / "attention.c"
     bad.write_text("this is not C\n")
-    monkeypatch.setattr(native, "SOURCE", bad)
+    monkeypatch.setattr(native, "SOURCES", (bad,))
     with pytest.raises(native.NativeBuildError, match="attention.c"):
         native.build(native.compiler(), tmp_path / "cache")
     assert not list((tmp_path / "cache").glob("*.so"))  # nothing half-written left behind
@@ -238,4 +238,4 @@ def test_builds_are_cached_by_source_and_compiler(tmp_path):
     first = native.build(native.compiler(), tmp_path)
     stamp = first.stat().st_mtime_ns
     assert native.build(native.compiler(), tmp_path) == first and first.stat().st_mtime_ns == stamp
-    assert first.name.startswith("attention-") and len(list(tmp_path.iterdir())) == 1
+    assert first.name.startswith("kernels-") and len(list(tmp_path.iterdir())) == 1
