@@ -239,3 +239,12 @@ def test_builds_are_cached_by_source_and_compiler(tmp_path):
     stamp = first.stat().st_mtime_ns
     assert native.build(native.compiler(), tmp_path) == first and first.stat().st_mtime_ns == stamp
     assert first.name.startswith("kernels-") and len(list(tmp_path.iterdir())) == 1
+
+
+@pytest.mark.parametrize("n,lq", [(0, 5), (3, 0)])
+def test_empty_batches_and_queries(lib, n, lq):
+    q, k, v = (torch.randn(n, length, 5, requires_grad=True) for length in (lq, 6, 6))
+    out = C.tiled_attention(q, k, v, 0, 0.1)
+    assert out.shape == (n, lq, 5)
+    out.sum().backward()
+    assert k.grad.shape == (n, 6, 5) and not k.grad.any()  # no query: no gradient
