@@ -282,7 +282,7 @@ def uses_native(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, p: floa
     """Whether :func:`tiled_attention` runs the compiled kernel for these arguments.
 
     It does for float32 CPU tensors, masks given as None or an offset >= 0, ``p < 1``, head
-    size up to 256, when :data:`NATIVE` is on and the kernel builds; otherwise the PyTorch
+    size up to 64, when :data:`NATIVE` is on and the kernel builds; otherwise the PyTorch
     tiling computes the same function.
     """
     if not NATIVE or isinstance(mask, torch.Tensor) or (mask is not None and mask < 0) or p >= 1:

@@ -83,14 +83,17 @@ def build(cc: str, folder: Path | None = None) -> Path:
     folder = cache_dir() if folder is None else folder
     source = b"\0".join(path.name.encode() + b"\0" + path.read_bytes() for path in SOURCES)
     suffix = ".dylib" if platform.system() == "Darwin" else ".so"
+    cpu = _cpu_signature().encode()
+
+    def target(flags: tuple[str, ...]) -> Path:
+        key = hashlib.sha256(b"\0".join([source, cc.encode(), " ".join(flags + COMMON_FLAGS).encode(), cpu]))
+        return folder / f"kernels-{key.hexdigest()[:16]}{suffix}"
+
+    cached = [target(flags) for flags in FLAG_SETS if target(flags).exists()]
+    if cached:  # the fastest flag set that built before (slower ones exist where faster ones failed)
+        return cached[0]
     errors = []
     for flags in FLAG_SETS:
-        key = hashlib.sha256(
-            b"\0".join([source, cc.encode(), " ".join(flags + COMMON_FLAGS).encode(), _cpu_signature().encode()])
-        ).hexdigest()[:16]
-        target = folder / f"kernels-{key}{suffix}"
-        if target.exists():
-            return target
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=suffix, dir=folder)
         os.close(fd)
@@ -101,9 +104,9 @@ def build(cc: str, folder: Path | None = None) -> Path:
             Path(tmp).unlink(missing_ok=True)
             raise NativeBuildError(f"could not run the C compiler {cc!r}: {err}") from err
         if done.returncode == 0:
-            os.replace(tmp, target)
-            log.info("built %s with %s", target, " ".join(flags))
-            return target
+            os.replace(tmp, target(flags))
+            log.info("built %s with %s", target(flags), " ".join(flags))
+            return target(flags)
         errors.append(f"{' '.join(cmd)}:\n{done.stderr.strip()}")
         Path(tmp).unlink(missing_ok=True)
     raise NativeBuildError("could not compile " + ", ".join(map(str, SOURCES)) + ":\n" + "\n\n".join(errors))

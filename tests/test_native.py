@@ -248,3 +248,12 @@ def test_empty_batches_and_queries(lib, n, lq):
     assert out.shape == (n, lq, 5)
     out.sum().backward()
     assert k.grad.shape == (n, 6, 5) and not k.grad.any()  # no query: no gradient
+
+
+def test_a_cached_fallback_build_is_found_without_recompiling(tmp_path, monkeypatch):
+    """Where the fastest flags failed once (no OpenMP, say), later processes load the build that worked."""
+    monkeypatch.setattr(native, "FLAG_SETS", (("-O3", "-fno-such-flag-at-all"), ("-O3",)))
+    first = native.build(native.compiler(), tmp_path)  # the first set fails, the second builds
+    calls = []
+    monkeypatch.setattr(native.subprocess, "run", lambda *a, **k: calls.append(a))
+    assert native.build(native.compiler(), tmp_path) == first and not calls
