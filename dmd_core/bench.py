@@ -229,7 +229,15 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "cpu": cpu, "cpus": os.cpu_count(), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
         "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M"),
+        "cpu_attention": _cpu_attention(),
     }  # fmt: skip
+
+
+def _cpu_attention() -> str:
+    """Which CPU attention runs: the compiled kernel, or the PyTorch tiling (no compiler, or turned off)."""
+    from . import cpu_kernels, native
+
+    return "compiled" if cpu_kernels.NATIVE and native.library() is not None else "pytorch tiling"
 
 
 TABLE_HEADER = (

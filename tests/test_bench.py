@@ -37,7 +37,8 @@ def test_a_run_measures_throughput_memory_and_mfu(result):
     # Official MOSI model: a training sample costs about 3x an evaluation sample (forward + backward).
     assert 2.0 < result["flops_per_train_sample"] / result["flops_per_eval_sample"] < 4.0
     assert 0 < result["train_mfu"] < 1 and result["peak_matmul_flops"] > 1e9
-    assert {"cpu", "torch", "commit", "date"} <= result["machine"].keys()
+    assert {"cpu", "torch", "commit", "date", "cpu_attention"} <= result["machine"].keys()
+    assert result["machine"]["cpu_attention"] in ("compiled", "pytorch tiling")
 
 
 def test_record_writes_json_and_appends_one_row_per_run(result, tmp_path):
