@@ -93,3 +93,13 @@ def test_last_only_is_the_last_step_of_the_full_output_with_the_same_gradients(s
     g_last = torch.autograd.grad(last[0].square().sum(), list(enc.parameters()), allow_unused=True)
     for a, b in zip(g_full, g_last):
         torch.testing.assert_close(a, b)
+
+
+def test_embedding_a_permuted_view_gives_contiguous_memory():
+    """DMD passes (B, d, T) features permuted to (T, B, d); the layers downstream get contiguous input."""
+    enc = TransformerEncoder(8, 2, 1)
+    x = torch.randn(3, 8, 5).permute(2, 0, 1)
+    assert not x.is_contiguous()
+    out = enc.embed(x)
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, enc.embed(x.contiguous()))
