@@ -160,6 +160,15 @@ static inline __attribute__((always_inline)) vf scores(const float *q, const flo
     return vsel((IOTA + (int32_t)c) < (int32_t)end, s, vbroadcast(HIDDEN));
 }
 
+/* Which thread's scratch to use: every thread's is allocated before the parallel region. */
+static inline int64_t thread_index(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
 static void *buffer(int64_t floats) {
     void *p = NULL;
     return posix_memalign(&p, 64, sizeof(float) * (size_t)floats) ? NULL : p;
@@ -209,29 +218,24 @@ API int dmd_attention_forward(const float *q, int64_t sqn, int64_t sql, const fl
     if (dh < 1 || dh > MAX_DH || len_k < 1 || offset < 0) return 1;
     const Shape a = {{q, sqn, sql}, {k, skn, skl}, {v, svn, svl}, len_q, len_k, padded(len_k), dh, offset,
                      scale, keep_scale, p24, seed};
-    int failed = 0;
+    if (threads < 1) threads = 1;
+    const int64_t per_thread = a.lkp * (2 * dh + 1);
+    float *buf = buffer(threads * per_thread);
+    if (!buf) return 2;
 #pragma omp parallel num_threads(threads)
     {
-        float *buf = buffer(a.lkp * (2 * dh + 1));
-        if (!buf) {
-#pragma omp atomic write
-            failed = 1;
-        }
-#pragma omp barrier
-        if (!failed) {
-            float *kt = buf, *vt = buf + dh * a.lkp, *s = buf + 2 * dh * a.lkp;
+        float *kt = buf + thread_index() * per_thread, *vt = kt + dh * a.lkp, *s = vt + dh * a.lkp;
 #pragma omp for schedule(dynamic)
-            for (int64_t n = 0; n < n_slices; n++) {
-                switch (dh) { /* the head size as a constant: its loops unrolled, accumulators in registers */
-                case 5: forward_slice(&a, n, out, son, sol, lse, kt, vt, s, 5); break;
-                case 10: forward_slice(&a, n, out, son, sol, lse, kt, vt, s, 10); break;
-                default: forward_slice(&a, n, out, son, sol, lse, kt, vt, s, dh);
-                }
+        for (int64_t n = 0; n < n_slices; n++) {
+            switch (dh) { /* the head size as a constant: its loops unrolled, accumulators in registers */
+            case 5: forward_slice(&a, n, out, son, sol, lse, kt, vt, s, 5); break;
+            case 10: forward_slice(&a, n, out, son, sol, lse, kt, vt, s, 10); break;
+            default: forward_slice(&a, n, out, son, sol, lse, kt, vt, s, dh);
             }
         }
-        free(buf);
     }
-    return failed ? 2 : 0;
+    free(buf);
+    return 0;
 }
 
 /* ---- backward ---------------------------------------------------------------------------------- */
@@ -302,29 +306,25 @@ API int dmd_attention_backward(const float *q, int64_t sqn, int64_t sql, const f
     const Shape a = {{q, sqn, sql}, {k, skn, skl}, {v, svn, svl}, len_q, len_k, padded(len_k), dh, offset,
                      scale, keep_scale, p24, seed};
     const Grads b = {out, grad, lse, son, sol, sgn, sgl, dq, dk, dv, sdqn, sdql, sdkn, sdkl, sdvn, sdvl};
-    int failed = 0;
+    if (threads < 1) threads = 1;
+    const int64_t per_thread = a.lkp * 4 * dh;
+    float *buf = buffer(threads * per_thread);
+    if (!buf) return 2;
 #pragma omp parallel num_threads(threads)
     {
-        float *buf = buffer(a.lkp * 4 * dh);
-        if (!buf) {
-#pragma omp atomic write
-            failed = 1;
-        }
-#pragma omp barrier
-        if (!failed) {
-            float *kt = buf, *vt = kt + dh * a.lkp, *dkt = vt + dh * a.lkp, *dvt = dkt + dh * a.lkp;
+        float *kt = buf + thread_index() * per_thread, *vt = kt + dh * a.lkp, *dkt = vt + dh * a.lkp;
+        float *dvt = dkt + dh * a.lkp;
 #pragma omp for schedule(dynamic)
-            for (int64_t n = 0; n < n_slices; n++) {
-                switch (dh) {
-                case 5: backward_slice(&a, &b, n, kt, vt, dkt, dvt, 5); break;
-                case 10: backward_slice(&a, &b, n, kt, vt, dkt, dvt, 10); break;
-                default: backward_slice(&a, &b, n, kt, vt, dkt, dvt, dh);
-                }
+        for (int64_t n = 0; n < n_slices; n++) {
+            switch (dh) {
+            case 5: backward_slice(&a, &b, n, kt, vt, dkt, dvt, 5); break;
+            case 10: backward_slice(&a, &b, n, kt, vt, dkt, dvt, 10); break;
+            default: backward_slice(&a, &b, n, kt, vt, dkt, dvt, dh);
             }
         }
-        free(buf);
     }
-    return failed ? 2 : 0;
+    free(buf);
+    return 0;
 }
 
 /* ---- the mask alone (tests, analysis) ----------------------------------------------------------- */
