@@ -32,7 +32,8 @@ import torch.nn.functional as F
 
 from .config import MODALITIES, BertSpec, DMDConfig, TrainConfig
 from .distill import EDGE_NAMES
-from .transformer import future_mask
+from .kernels.definition import attention_weights as attention_weights_definition
+from .kernels.definition import future_mask
 
 if TYPE_CHECKING:
     from .data import MMSADataset, Split
@@ -362,8 +363,8 @@ def attention_weights(model: DMD, text: torch.Tensor, audio: torch.Tensor, visio
     """Cross-modal attention of ``target <- source`` in one layer, averaged over heads: ``(B, T_target, T_source)``.
 
     Runs the model once with a hook that records the layer's (normalised) query and
-    key inputs, then forms ``softmax(q k^T / sqrt(d_head))`` with the layer's own
-    projection weights and its mask, exactly what the attention computes.
+    key inputs, then applies :func:`dmd_core.kernels.definition.attention_weights` with the
+    layer's own projection weights and its mask: exactly what the attention computes.
     """
     attn = model.cross[target + source].layers[layer].self_attn
     seen: dict[str, Any] = {}
@@ -382,14 +383,16 @@ def attention_weights(model: DMD, text: torch.Tensor, audio: torch.Tensor, visio
     query, key, mask = seen["query"], seen["key"], seen["mask"]  # (Tq, B, d), (Tk, B, d)
     dim, heads = attn.dim, attn.heads
     w, b = attn.in_proj_weight, attn.in_proj_bias
-    q = F.linear(query, w[:dim], b[:dim]).reshape(query.shape[0], -1, heads, dim // heads).permute(1, 2, 0, 3)
-    k = F.linear(key, w[dim : 2 * dim], b[dim : 2 * dim]).reshape(key.shape[0], -1, heads, dim // heads)
-    scores = q @ k.permute(1, 2, 3, 0) / (dim // heads) ** 0.5  # (B, h, Tq, Tk)
+    batch, dh = query.shape[1], dim // heads
+
+    def split(t: torch.Tensor) -> torch.Tensor:  # (T, B, d) -> (B*h, T, d/h), as the attention splits heads
+        return t.reshape(t.shape[0], batch * heads, dh).transpose(0, 1)
+
+    q, k = split(F.linear(query, w[:dim], b[:dim])), split(F.linear(key, w[dim : 2 * dim], b[dim : 2 * dim]))
     if isinstance(mask, str):  # "causal": the reference's future mask
-        mask = future_mask(scores.shape[-2], scores.shape[-1], scores.device)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.softmax(scores.float(), dim=-1).mean(1).cpu()
+        mask = future_mask(q.shape[1], k.shape[1], q.device)
+    weights = attention_weights_definition(q.float(), k.float(), mask)  # (B*h, Tq, Tk)
+    return weights.reshape(batch, heads, *weights.shape[1:]).mean(1).cpu()
 
 
 # --------------------------------------------------------------------------- chapter 5: edges

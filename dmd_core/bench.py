@@ -127,21 +127,17 @@ def count_flops(model, batch, bf16: bool, train: bool) -> float:
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    from . import transformer
+    from . import kernels
     from .devices import autocast
 
     device = batch.labels.device
     model.eval()
-    tiled, transformer.TILED_ON_CPU = transformer.TILED_ON_CPU, False
-    try:
-        with FlopCounterMode(display=False) as counter:
-            with torch.set_grad_enabled(train), autocast(device, bf16):
-                out = model(batch.text, batch.audio, batch.vision)
-                loss = total_loss(model, out, batch.labels).total if train else out.prediction.sum()
-            if train:
-                loss.backward()
-    finally:
-        transformer.TILED_ON_CPU = tiled
+    with kernels.use("torch"), FlopCounterMode(display=False) as counter:
+        with torch.set_grad_enabled(train), autocast(device, bf16):
+            out = model(batch.text, batch.audio, batch.vision)
+            loss = total_loss(model, out, batch.labels).total if train else out.prediction.sum()
+        if train:
+            loss.backward()
     model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
 
@@ -235,9 +231,12 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 def _cpu_attention() -> str:
     """Which CPU attention runs: the compiled kernel, or the PyTorch tiling (no compiler, or turned off)."""
-    from . import cpu_kernels, native
+    from . import kernels
+    from .kernels import native
 
-    return "compiled" if cpu_kernels.NATIVE and native.library() is not None else "pytorch tiling"
+    if kernels.BACKEND == "torch":
+        return "pytorch sdpa"
+    return "compiled" if kernels.BACKEND == "auto" and native.library() is not None else "pytorch tiling"
 
 
 TABLE_HEADER = (

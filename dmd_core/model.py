@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import MODALITIES, BertSpec, DMDConfig
-from .cpu_kernels import dropout
 from .distill import Graph, GraphDistillation
+from .kernels import dropout
 from .transformer import TransformerEncoder
 
 # Sources of each target's cross-modal Transformers, in the order their outputs

@@ -1,8 +1,8 @@
 """The MulT Transformer (fairseq style) that DMD uses for every attention block.
 
-Exactly the reference's computation (spec section 8), with attention by
-``scaled_dot_product_attention`` on GPU and by :func:`cpu_kernels.tiled_attention`
-on CPU:
+Exactly the reference's computation (the book's method reference, "Cross-modal
+Transformer"). Attention is :func:`dmd_core.kernels.definition.attention` (six lines),
+computed by a fast implementation of it (:func:`dmd_core.kernels.attention`):
 
 * inputs are scaled by ``sqrt(d)`` and get sinusoidal positions ``t + 1``, except
   that a time step whose first feature channel is exactly 0 gets position 0,
@@ -17,14 +17,14 @@ Sequences are time-first, ``(T, B, d)``, as in the reference.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cpu_kernels import dropout, tiled_attention
+from .kernels import attention, dropout
+from .kernels.definition import future_mask  # noqa: F401  (the mask is part of the definition; tests import it here)
 
 
 def sinusoid_positions(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -48,30 +48,6 @@ def feature_positions(x: torch.Tensor) -> torch.Tensor:
     """Positions of a ``(T, B, d)`` sequence: ``t + 1``, or 0 where ``x[t, b, 0] == 0``."""
     steps = torch.arange(1, x.shape[0] + 1, device=x.device).unsqueeze(1)  # (T, 1)
     return torch.where(x[..., 0] == 0, torch.zeros_like(steps), steps)  # (T, B)
-
-
-def future_mask(len_q: int, len_k: int, device: torch.device) -> torch.Tensor:
-    """Boolean mask ``(len_q, len_k)``, True where query ``i`` may see key ``j``.
-
-    The reference adds ``-inf`` where ``j > i + |len_k - len_q|`` (an upper
-    triangle offset by ``1 + |len_k - len_q|``); for equal lengths this is the
-    causal mask.
-    """
-    i = torch.arange(len_q, device=device).unsqueeze(1)
-    j = torch.arange(len_k, device=device).unsqueeze(0)
-    return j <= i + abs(len_k - len_q)
-
-
-@functools.lru_cache(maxsize=32)
-@torch.inference_mode(False)  # cached for later calls, also ones that save it for backward
-def _shared_future_mask(len_q: int, len_k: int, device: torch.device) -> torch.Tensor:
-    """:func:`future_mask`, built once per shape and device (every layer of every step uses it)."""
-    return future_mask(len_q, len_k, device)
-
-
-# CPU attention goes through cpu_kernels.tiled_attention; False forces scaled_dot_product_attention
-# (dmd_core.bench counts model FLOPs that way: dense maps, whatever kernel runs).
-TILED_ON_CPU = True
 
 
 class MultiheadAttention(nn.Module):
@@ -113,31 +89,8 @@ class MultiheadAttention(nn.Module):
             k = F.linear(key, w[dim : 2 * dim], b[dim : 2 * dim])
             v = F.linear(value, w[2 * dim :], b[2 * dim :])
 
-        causal = isinstance(mask, str)
         p = self.dropout if self.training else 0.0
-        n, dh = batch * self.heads, dim // self.heads
-        if q.device.type == "cpu" and TILED_ON_CPU and not torch.compiler.is_compiling():
-            # CPU: tiled attention (cpu_kernels.py), 2x faster than scaled_dot_product_attention at DMD's
-            # head sizes of 5-10 and 7-10x with dropout (benchmarks/bench_attention.py). It takes the
-            # time-first views as they are: no permute copies.
-            def split(t: torch.Tensor) -> torch.Tensor:  # (L, B, d) -> (B*h, L, d/h)
-                return t.reshape(t.shape[0], n, dh).transpose(0, 1)
-
-            offset = abs(key.shape[0] - len_q) if causal else mask
-            out = tiled_attention(split(q), split(k), split(v), offset, p).transpose(0, 1)  # (Lq, B*h, dh)
-        else:
-
-            def heads(t: torch.Tensor) -> torch.Tensor:  # (L, B, d) -> (B, h, L, d/h)
-                return t.reshape(t.shape[0], batch, self.heads, dh).permute(1, 2, 0, 3)
-
-            square = len_q == key.shape[0]
-            attn_mask = _shared_future_mask(len_q, key.shape[0], q.device) if causal and not square else mask
-            out = F.scaled_dot_product_attention(
-                heads(q), heads(k), heads(v), attn_mask=None if causal and square else attn_mask,
-                dropout_p=p, is_causal=causal and square,
-            ).permute(2, 0, 1, 3)  # fmt: skip
-        out = out.reshape(len_q, batch, dim)
-        return self.out_proj(out)
+        return self.out_proj(attention(q, k, v, self.heads, mask, p))  # (Lq, B, d)
 
 
 class TransformerLayer(nn.Module):

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from dmd_core import bench, transformer
+from dmd_core import bench, kernels
 from dmd_core.cli import main
 from dmd_core.config import preset
 from dmd_core.model import DMD
@@ -56,20 +56,16 @@ def test_model_flops_count_dense_attention_whatever_kernel_runs():
     model = DMD(cfg)
     text, audio, vision, labels = tiny_inputs(cfg)
     batch = type("B", (), dict(text=text, audio=audio, vision=vision, labels=labels.reshape(-1)))
-    assert transformer.TILED_ON_CPU
+    before = kernels.BACKEND
     counted = bench.count_flops(model, batch, bf16=False, train=True)
-    assert transformer.TILED_ON_CPU  # restored
+    assert kernels.BACKEND == before  # restored
     from torch.utils.flop_counter import FlopCounterMode
 
     from dmd_core.losses import total_loss
 
-    transformer.TILED_ON_CPU = False
-    try:
-        with FlopCounterMode(display=False) as dense:
-            model.eval()
-            total_loss(model, model(text, audio, vision), labels).total.backward()
-    finally:
-        transformer.TILED_ON_CPU = True
+    with kernels.use("torch"), FlopCounterMode(display=False) as dense:
+        model.eval()
+        total_loss(model, model(text, audio, vision), labels).total.backward()
     assert counted == dense.get_total_flops() > 0
 
 

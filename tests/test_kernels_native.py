@@ -12,8 +12,9 @@ import warnings
 import pytest
 import torch
 
-from dmd_core import cpu_kernels as C
-from dmd_core import native
+from dmd_core import kernels
+from dmd_core.kernels import native
+from dmd_core.kernels import tiled as C
 from dmd_core.transformer import TransformerEncoder, future_mask
 
 if native.compiler() is None:  # CI and the README's setup have gcc; say so loudly if not
@@ -182,7 +183,7 @@ def test_what_the_kernel_does_not_take_goes_to_the_pytorch_tiling(lib, monkeypat
     assert not C.uses_native(*wide, 0, 0.0)  # heads wider than 64
     expected = _dense(*wide, _offset_mask(6, 6, 0))
     torch.testing.assert_close(C.tiled_attention(*wide, 0, 0.0).double(), expected, atol=2e-6, rtol=1e-5)
-    monkeypatch.setattr(C, "NATIVE", False)
+    monkeypatch.setattr(kernels, "BACKEND", "tiled")
     assert not C.uses_native(q, k, v, 0, 0.1)
 
 
@@ -192,7 +193,7 @@ def test_an_encoder_gives_the_same_function_with_and_without_the_kernel(lib, mon
     x, src = torch.randn(13, 3, 20), torch.randn(21, 3, 20)
     runs = []
     for use in (True, False):
-        monkeypatch.setattr(C, "NATIVE", use)
+        monkeypatch.setattr(kernels, "BACKEND", "auto" if use else "tiled")
         enc.zero_grad()
         out = enc(x, src)
         out.square().sum().backward()
@@ -225,13 +226,24 @@ def test_a_compiler_error_is_reported_with_its_messages(monkeypatch, tmp_path):
     assert not list((tmp_path / "cache").glob("*.so"))  # nothing half-written left behind
 
 
-def test_dmd_native_0_turns_the_kernel_off(monkeypatch):
-    monkeypatch.setenv("DMD_NATIVE", "0")
-    native.library.cache_clear()
-    try:
-        assert native.library() is None
-    finally:
-        native.library.cache_clear()
+def test_the_one_switch_turns_the_kernel_off_from_the_environment_or_a_block():
+    import subprocess
+    import sys
+
+    code = "import dmd_core.kernels as k, dmd_core.kernels.native as n; print(k.BACKEND, n.library.cache_info().misses)"
+    env = {**__import__("os").environ, "DMD_KERNELS": "tiled"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["tiled", "0"]
+    env["DMD_KERNELS"] = "fast"
+    bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "DMD_KERNELS='fast': expected one of auto, tiled, torch" in bad.stderr
+    q, k, v = _qkv(2, 5, 5, 5)
+    with kernels.use("tiled"):
+        assert not C.uses_native(q, k, v, 0, 0.0)
+    assert kernels.BACKEND == "auto" and C.uses_native(q, k, v, 0, 0.0)
+    with pytest.raises(ValueError, match="expected one of"):
+        with kernels.use("fast"):
+            pass
 
 
 def test_builds_are_cached_by_source_and_compiler(tmp_path):

@@ -6,9 +6,9 @@ second with the system's C compiler. The shared library is cached under ``~/.cac
 any of them changes. Flags are tried from fastest to most portable (``-march=native`` and
 OpenMP first, plain ``-O3`` last).
 
-Where no compiler works (or ``DMD_NATIVE=0`` is set), :func:`library` returns None once with a
-warning, and :mod:`dmd_core.cpu_kernels` uses its pure-PyTorch tiled attention instead: same
-function, slower.
+Where no compiler works, :func:`library` returns None once with a warning, and
+:mod:`dmd_core.kernels.tiled` uses its pure-PyTorch tiled attention instead: same function,
+slower. ``DMD_KERNELS=tiled`` (see :mod:`dmd_core.kernels`) keeps the kernel from being built.
 """
 
 from __future__ import annotations
@@ -42,11 +42,6 @@ _lock = threading.Lock()
 
 class NativeBuildError(RuntimeError):
     """The C kernels could not be compiled with any flag set (the message holds the compiler's output)."""
-
-
-def enabled() -> bool:
-    """False when the environment variable ``DMD_NATIVE`` is 0/false/no/off."""
-    return os.environ.get("DMD_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def cache_dir() -> Path:
@@ -133,8 +128,6 @@ def library() -> ctypes.CDLL | None:
 
     Call :func:`library.cache_clear` to try again (tests do, after changing the environment).
     """
-    if not enabled():
-        return None
     cc = compiler()
     with _lock:
         try:

@@ -9,7 +9,7 @@ torch's CPU generator at ~7 ns a value. :func:`tiled_attention` computes the
 same function two ways:
 
 **The compiled kernel** (``csrc/attention.c``, built on first use by
-:mod:`dmd_core.native`; used whenever :func:`uses_native` says so, which is
+:mod:`dmd_core.kernels.native`; used whenever :func:`uses_native` says so, which is
 every attention of a float32 DMD model on CPU). One query row at a time, 16 keys
 at a time, scores, softmax, dropout and the weighted values stay in vector
 registers; keys hidden by the mask are never touched; the backward pass
@@ -54,9 +54,6 @@ from . import native
 
 BLOCK_BYTES = 1 << 20  # ~1 MiB of scores per tile: fits a core's L2 (measured best among 0.5-4 MiB)
 ROW_CHUNK = 64  # query rows per tile when a mask lets whole key ranges be skipped
-# Attention runs in the compiled kernel (csrc/attention.c) where it applies (uses_native); False: the
-# PyTorch tiling below everywhere. The environment variable DMD_NATIVE=0 keeps the kernel from being built.
-NATIVE = True
 
 
 def keep_mask(rng: np.random.Generator, n: int, p: float) -> np.ndarray:
@@ -111,12 +108,8 @@ class _Dropout(torch.autograd.Function):
         return grad * keep * ctx.scale, None
 
 
-def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
-    """``F.dropout(x, p, training)``; on CPU with the fast mask of :func:`keep_mask` (5x less time)."""
-    if not training or p == 0:
-        return x
-    if x.device.type != "cpu" or p >= 1 or torch.compiler.is_compiling():
-        return torch.nn.functional.dropout(x, p, training)
+def fast_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """``F.dropout(x, p)`` for a CPU tensor and ``0 < p < 1``, with the mask of :func:`keep_mask` (5x less time)."""
     return _Dropout.apply(x, p)
 
 
@@ -282,10 +275,12 @@ def uses_native(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, p: floa
     """Whether :func:`tiled_attention` runs the compiled kernel for these arguments.
 
     It does for float32 CPU tensors, masks given as None or an offset >= 0, ``p < 1``, head
-    size up to 64, when :data:`NATIVE` is on and the kernel builds; otherwise the PyTorch
-    tiling computes the same function.
+    size up to 64, when the switch allows it (``dmd_core.kernels.BACKEND == "auto"``) and the kernel
+    builds; otherwise the PyTorch tiling computes the same function.
     """
-    if not NATIVE or isinstance(mask, torch.Tensor) or (mask is not None and mask < 0) or p >= 1:
+    from . import BACKEND  # the package's one switch (read at call time: kernels.use() changes it)
+
+    if BACKEND != "auto" or isinstance(mask, torch.Tensor) or (mask is not None and mask < 0) or p >= 1:
         return False
     if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in (q, k, v)) or not 0 < q.shape[-1] <= 64:
         return False

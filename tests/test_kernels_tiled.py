@@ -1,7 +1,7 @@
 """CPU kernels: tiled attention (same function and gradients as SDPA, right dropout law) and fast dropout.
 
-These test the PyTorch tiling (``C.NATIVE`` off) unless a test says otherwise; the compiled
-kernel has its own tests in test_native.py.
+These test the PyTorch tiling (``kernels.BACKEND = "tiled"``) unless a test says otherwise; the compiled
+kernel has its own tests in test_kernels_native.py.
 """
 
 from __future__ import annotations
@@ -11,14 +11,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dmd_core import cpu_kernels as C
-from dmd_core import native
+from dmd_core import kernels
+from dmd_core.kernels import native
+from dmd_core.kernels import tiled as C
 from dmd_core.transformer import MultiheadAttention, TransformerEncoder, future_mask
 
 
 @pytest.fixture(autouse=True)
 def pytorch_tiling(monkeypatch):
-    monkeypatch.setattr(C, "NATIVE", False)
+    monkeypatch.setattr(kernels, "BACKEND", "tiled")
 
 
 @pytest.fixture(params=[False, True], ids=["pytorch", "native"])
@@ -26,7 +27,7 @@ def either_path(request, monkeypatch):
     """Runs a test once with the PyTorch tiling and once with the compiled kernel (where it builds)."""
     if request.param and native.library() is None:
         pytest.skip("the native kernel did not build here")
-    monkeypatch.setattr(C, "NATIVE", request.param)
+    monkeypatch.setattr(kernels, "BACKEND", "auto" if request.param else "tiled")
     return request.param
 
 
@@ -133,19 +134,19 @@ def test_keep_mask_edge_probabilities():
 def test_dropout_law_scaling_gradient_and_reproducibility():
     x = torch.ones(1000, 400, requires_grad=True)
     torch.manual_seed(1)
-    y = C.dropout(x, 0.3)
+    y = kernels.dropout(x, 0.3)
     assert abs((y == 0).float().mean().item() - 0.3) < 0.005
     assert torch.all((y == 0) | torch.isclose(y, torch.tensor(1 / 0.7)))
     y.sum().backward()
     torch.testing.assert_close(x.grad, y.detach())  # d(x * keep / (1 - p)) / dx = keep / (1 - p)
     torch.manual_seed(1)
-    assert torch.equal(C.dropout(x, 0.3), y)
-    assert C.dropout(x, 0.3, training=False) is x and C.dropout(x, 0.0) is x
+    assert torch.equal(kernels.dropout(x, 0.3), y)
+    assert kernels.dropout(x, 0.3, training=False) is x and kernels.dropout(x, 0.0) is x
 
 
 def test_dropout_off_cpu_falls_back_to_torch():
     x = torch.empty(4, 5, device="meta")
-    assert C.dropout(x, 0.3).device.type == "meta"
+    assert kernels.dropout(x, 0.3).device.type == "meta"
 
 
 def test_multihead_attention_on_cpu_uses_the_tiled_path_and_matches_sdpa(monkeypatch, either_path):
@@ -156,13 +157,15 @@ def test_multihead_attention_on_cpu_uses_the_tiled_path_and_matches_sdpa(monkeyp
         calls.append((mask, p))
         return real(q, k, v, mask, p)
 
-    monkeypatch.setattr("dmd_core.transformer.tiled_attention", spy)
+    monkeypatch.setattr(C, "tiled_attention", spy)
     x, src = torch.randn(6, 2, 8), torch.randn(9, 2, 8)
     attn = MultiheadAttention(8, 2, dropout=0.2)
     attn.train()(x, x, x, "causal")
     tiled = attn.eval()(x, src, src, "causal")
     assert calls == [(0, 0.2), (3, 0.0)]  # the reference's mask as an offset |Lk - Lq|
-    # The SDPA path (GPU, torch.compile) computes the same function.
+    # The SDPA path (GPU, torch.compile, the "torch" backend) computes the same function.
+    with kernels.use("torch"):
+        torch.testing.assert_close(attn(x, src, src, "causal"), tiled)
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     torch.testing.assert_close(attn(x, src, src, "causal"), tiled)
     torch.testing.assert_close(attn(x, x, x, "causal"), attn(x, x, x, future_mask(6, 6, x.device)))
@@ -197,4 +200,28 @@ def test_dropout_of_one_drops_everything_like_sdpa():
     assert torch.equal(out, torch.zeros_like(out))
     out.sum().backward()
     assert all(torch.equal(t.grad, torch.zeros_like(t)) for t in (q, k, v))
-    assert torch.equal(C.dropout(q, 1.0), torch.zeros_like(q))
+    assert torch.equal(kernels.dropout(q, 1.0), torch.zeros_like(q))
+
+
+@pytest.mark.parametrize("backend", ["auto", "tiled", "torch"])
+def test_every_backend_computes_the_plain_definition(monkeypatch, backend):
+    """Multi-head kernels.attention == kernels.definition.attention on split heads, with each mask kind."""
+    from dmd_core.kernels import definition
+
+    if backend == "auto" and native.library() is None:
+        pytest.skip("the native kernel did not build here")
+    monkeypatch.setattr(kernels, "BACKEND", backend)
+    torch.manual_seed(0)
+    heads, batch, dim = 2, 3, 10
+    for lq, lk in ((6, 6), (4, 9), (9, 4)):
+        q, k, v = torch.randn(lq, batch, dim), torch.randn(lk, batch, dim), torch.randn(lk, batch, dim)
+
+        def split(t):
+            return t.reshape(t.shape[0], batch * heads, dim // heads).transpose(0, 1)
+
+        for mask in (None, "causal", torch.rand(lq, lk) > 0.3):
+            if isinstance(mask, torch.Tensor):
+                mask[:, 0] = True  # every query sees a key
+            plain = definition.future_mask(lq, lk) if mask == "causal" else mask
+            expected = definition.attention(split(q), split(k), split(v), plain).transpose(0, 1).reshape(lq, batch, dim)
+            torch.testing.assert_close(kernels.attention(q, k, v, heads, mask, 0.0), expected, atol=1e-5, rtol=1e-4)
