@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from dmd_core import cpu_kernels, native
 from dmd_core.bench import append_rows, machine_info
-from dmd_core.cpu_kernels import tiled_attention
+from dmd_core.kernels.tiled import tiled_attention
 from dmd_core.transformer import future_mask
 
 RESULTS = Path(__file__).resolve().parent / "results" / "attention.md"

@@ -71,7 +71,7 @@ def _phase(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     from dmd_core.data import load_mmsa
-    from dmd_core.synth import SynthSpec, write_mmsa
+    from dmd_core.data.synth import SynthSpec, write_mmsa
 
     out: dict = {"import_s": time.perf_counter() - t0}
     path = Path(args.path)

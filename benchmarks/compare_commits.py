@@ -2,7 +2,7 @@
 
 A shared machine's speed drifts by 10-20% within minutes, so numbers measured at different
 times do not compare. This checks out each commit into a temporary git worktree and times the
-trainer's own epoch loop (:meth:`dmd_core.train.Trainer.train_epoch`, official MOSI recipe and
+trainer's own epoch loop (:meth:`dmd_core.trainer.Trainer.train_epoch`, official MOSI recipe and
 model, random inputs of the real shapes) in fresh processes, alternating A, B, A, B, ... The
 ratio of medians is printed and appended to benchmarks/results/compare.md.
 Run: ``python benchmarks/compare_commits.py BEFORE [AFTER=HEAD] [--unaligned] [--rounds 3] [--batches 20]``.
@@ -32,7 +32,7 @@ assert dmd_core.__file__.startswith(root), dmd_core.__file__
 from dmd_core.bench import random_split
 from dmd_core.config import TrainConfig, preset
 from dmd_core.data import MMSADataset
-from dmd_core.train import Trainer
+from dmd_core.trainer import Trainer
 torch.set_num_threads(threads)
 cfg = preset("mosi", aligned)
 splits = {"train": random_split(cfg, 16 * batches, "train", 1), "valid": random_split(cfg, 16, "valid", 2),

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .config import MODALITIES, BertSpec, DMDConfig, TrainConfig
+from .config import FEATURE_DIMS, MODALITIES, SEQ_LENS, SPLIT_SIZES, BertSpec, DMDConfig, TrainConfig
 from .distill import EDGE_NAMES
 from .kernels.definition import attention_weights as attention_weights_definition
 from .kernels.definition import future_mask
@@ -138,8 +138,8 @@ class BookSettings:
 
     # ---- data
     def synth_spec(self, **changes: Any):
-        """The :class:`~dmd_core.synth.SynthSpec` of the synthetic file (``changes`` e.g. ``strengths``)."""
-        from .synth import SynthSpec
+        """The :class:`~dmd_core.data.synth.SynthSpec` of the synthetic file (``changes`` e.g. ``strengths``)."""
+        from .data.synth import SynthSpec
 
         return SynthSpec(dataset=self.dataset, aligned=self.aligned, scale=self.scale, seed=self.synth_seed,
                          **changes)  # fmt: skip
@@ -155,7 +155,7 @@ class BookSettings:
             if not path.is_file():
                 raise FileNotFoundError(f"data_path {str(path)!r} does not exist (expected an MMSA pickle)")
             return path
-        from .synth import write_mmsa
+        from .data.synth import write_mmsa
 
         spec = self.synth_spec(**spec_changes)
         layout = "aligned" if self.aligned else "unaligned"
@@ -199,7 +199,7 @@ class BookSettings:
                   progress: bool = True) -> SeedRuns:  # fmt: skip
         """Every seed of ``train_config`` trained into one folder; seeds already finished are read back."""
         from .runs import load_seeds
-        from .train import train_seeds
+        from .trainer import train_seeds
 
         folder = self.run_dir(name, config, data_file, train_config)
         if not _seeds_done(folder, train_config.seeds):
@@ -211,7 +211,7 @@ class BookSettings:
                    seed: int | None = None, progress: bool = True) -> Run:  # fmt: skip
         """One seed (default: the first) in ``<run_dir>/seed_<seed>``: read back if finished, else trained."""
         from .runs import load_run, seed_dir
-        from .train import train
+        from .trainer import train
 
         seed = train_config.seeds[0] if seed is None else int(seed)
         folder = seed_dir(self.run_dir(name, config, data_file, train_config), seed)
@@ -246,9 +246,9 @@ def describe_mmsa(path: str | Path) -> pd.DataFrame:
 
     Reads the file with :mod:`dmd_core.data`'s restricted unpickler (data names only).
     """
-    from .data import _read_pickle
+    from .data import read_pickle
 
-    data = _read_pickle(Path(path))
+    data = read_pickle(Path(path))
     rows = []
     for split in ("train", "valid", "test"):
         for key, value in data.get(split, {}).items():
@@ -539,20 +539,14 @@ def ranking(scores: pd.Series, higher_is_better: bool = True) -> str:
     return " > ".join(MODALITY_NAMES.get(str(m), str(m)) for m in order)
 
 
-REAL_DATA = pd.DataFrame(
-    [
-        ("MOSI", "aligned_50", 1284, 229, 686, "50 / 50 / 50", "768 / 20 / 5"),
-        ("MOSI", "unaligned_50", 1284, 229, 686, "50 / 500 / 375", "768 / 20 / 5"),
-        ("MOSEI", "aligned_50", 16326, 1871, 4659, "50 / 50 / 50", "768 / 35 / 74"),
-        ("MOSEI", "unaligned_50", 16326, 1871, 4659, "50 / 500 / 500", "768 / 35 / 74"),
-    ],
-    columns=["dataset", "file", "train", "valid", "test", "steps L / V / A", "features L / V / A"],
-)
-
-
 def real_data_table() -> pd.DataFrame:
-    """Split sizes, sequence lengths and feature sizes of the real MMSA files (``mmsa-format.md``)."""
-    return REAL_DATA.set_index(["dataset", "file"])
+    """Split sizes, sequence lengths and feature sizes of the real MMSA files (the book's data-format page)."""
+    rows = []
+    for (name, aligned), lens in SEQ_LENS.items():
+        rows.append((name.upper(), "aligned_50" if aligned else "unaligned_50", *SPLIT_SIZES[name],
+                     " / ".join(map(str, lens)), " / ".join(map(str, FEATURE_DIMS[name]))))  # fmt: skip
+    columns = ["dataset", "file", "train", "valid", "test", "steps L / V / A", "features L / V / A"]
+    return pd.DataFrame(rows, columns=columns).set_index(["dataset", "file"])
 
 
 def layout_example(settings: BookSettings, sample: int = 0) -> dict[str, dict[str, np.ndarray]]:

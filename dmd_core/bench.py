@@ -6,7 +6,7 @@ size, batch size, device, threads) this measures, on random inputs of the real s
 * training throughput: samples/s of the trainer's own epoch loop (:meth:`Trainer.train_epoch`:
   forward, all losses, backward, clipping, an Adam step every 10 mini-batches), the median
   over several windows after a warm-up window;
-* evaluation throughput: samples/s of :func:`dmd_core.train.predict` (eval mode, inference mode);
+* evaluation throughput: samples/s of :func:`dmd_core.evaluation.predict` (eval mode, inference mode);
 * peak host memory (the process's maximum resident set size) and peak device memory;
 * model FLOPs utilisation: FLOPs of one training (forward + backward) and one evaluation
   sample counted with ``torch.utils.flop_counter.FlopCounterMode``, times the throughput,
@@ -20,7 +20,6 @@ Values vary with the machine's load: compare settings measured in one run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -150,7 +149,8 @@ def peak_rss_bytes() -> int:
 
 def run_benchmark(setting: BenchSetting) -> dict[str, Any]:
     """Measure ``setting``; returns the result record (also what :func:`record` writes)."""
-    from .train import Trainer, predict
+    from .evaluation import predict
+    from .trainer import Trainer
 
     if setting.threads:
         torch.set_num_threads(setting.threads)
@@ -268,46 +268,3 @@ def record(result: dict[str, Any], folder: Path = RESULTS) -> Path:
            f"| {m['gpu'] or m['cpu']}, torch {m['torch']} |")  # fmt: skip
     append_rows(folder / "results.md", "# Benchmark results (`dmd bench`)\n\n" + TABLE_HEADER, [row])
     return path
-
-
-def add_cli(subparsers) -> None:
-    p = subparsers.add_parser(
-        "bench", help="measure training/evaluation speed, memory and MFU",
-        description="Measure DMD training and evaluation throughput, peak memory and model FLOPs utilisation on "
-        "random inputs of the real shapes; writes JSON and a row of benchmarks/results/results.md.",
-    )  # fmt: skip
-    p.add_argument("--dataset", choices=["mosi", "mosei"], default="mosi", help="official preset and input shapes")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--aligned", dest="aligned", action="store_true", default=True, help="aligned inputs (default)")
-    g.add_argument("--unaligned", dest="aligned", action="store_false", help="unaligned (long audio/vision) inputs")
-    p.add_argument(
-        "--bert-layers",
-        type=int,
-        default=0,
-        help="text through a randomly initialised BERT with this many layers (0: stored text features)",
-    )
-    p.add_argument("--bert-hidden", type=int, default=768, help="BERT hidden size (768 = bert-base)")
-    p.add_argument("--batch-size", type=int, default=16, help="mini-batch size (official: 16)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--window-batches", type=int, default=20, help="mini-batches per timed training window")
-    p.add_argument("--windows", type=int, default=3, help="timed windows (the median is reported)")
-    p.add_argument("--eval-batches", type=int, default=10, help="mini-batches per timed evaluation window")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
-    p.set_defaults(func=_run_cli)
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    setting = BenchSetting(
-        dataset=args.dataset, aligned=args.aligned, bert_layers=args.bert_layers, bert_hidden=args.bert_hidden,
-        batch_size=args.batch_size, device=args.device, threads=args.threads, window_batches=args.window_batches,
-        windows=args.windows, eval_batches=args.eval_batches, bf16=args.bf16, compile=args.compile,
-    )  # fmt: skip
-    result = run_benchmark(setting)
-    path = record(result, args.out)
-    print(f"{setting.name}: train {result['train_samples_per_s']:.1f} samples/s, eval "
-          f"{result['eval_samples_per_s']:.1f} samples/s, peak RSS {result['peak_rss_gb']:.2f} GB, "
-          f"train MFU {100 * result['train_mfu']:.1f}% -> {path}")  # fmt: skip
-    return 0

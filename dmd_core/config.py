@@ -12,7 +12,8 @@ from typing import Any, Literal
 
 MODALITIES: tuple[str, str, str] = ("L", "V", "A")
 
-# Official input sizes (mmsa-format.md): sequence lengths L, V, A and feature sizes L, V, A.
+# The official files' sizes (the book's data-format page): sequence lengths L, V, A, feature sizes L, V, A,
+# and the train / valid / test sample counts.
 SEQ_LENS = {
     ("mosi", True): (50, 50, 50),
     ("mosi", False): (50, 500, 375),
@@ -20,6 +21,7 @@ SEQ_LENS = {
     ("mosei", False): (50, 500, 500),
 }
 FEATURE_DIMS = {"mosi": (768, 20, 5), "mosei": (768, 35, 74)}
+SPLIT_SIZES = {"mosi": (1284, 229, 686), "mosei": (16326, 1871, 4659)}
 
 
 class _Config:

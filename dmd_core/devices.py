@@ -15,11 +15,14 @@ import os
 import random
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from .data import MMSADataset
 
 log = logging.getLogger(__name__)
 
@@ -145,3 +148,26 @@ def _rank_device(requested: str | torch.device | None, info: DistInfo) -> torch.
         torch.cuda.set_device(info.local_rank)
         return torch.device("cuda", info.local_rank)
     return pick_device(requested)
+
+
+def place_dataset(dataset: MMSADataset, device: torch.device, budget: float = 0.5) -> MMSADataset:
+    """The whole dataset on a CUDA ``device`` when it takes under ``budget`` of the free GPU memory.
+
+    Batches are then slices of GPU tensors: no host-to-device copy per step. Memory-mapped
+    datasets (too large for RAM, e.g. MOSEI unaligned on a 12 GB machine) stay where they are
+    and are copied batch by batch (pinned, non-blocking).
+    """
+    if device.type != "cuda" or dataset.mmap_dir is not None:
+        return dataset
+    size = sum(
+        t.numel() * t.element_size()
+        for split in dataset.splits.values()
+        for t in (split.text, split.audio, split.vision, split.labels)
+        if isinstance(t, torch.Tensor)
+    )
+    free, _ = torch.cuda.mem_get_info(device)
+    if size > budget * free:
+        log.info("dataset (%.1f GB) stays on the host: over %.0f%% of free GPU memory", size / 1e9, 100 * budget)
+        return dataset
+    log.info("dataset (%.2f GB) moved to %s", size / 1e9, device)
+    return dataset.to(device)

@@ -4,7 +4,7 @@ One folder per run (one seed)::
 
     run_dir/
       config.json            model config (DMDConfig.to_dict()), train config, data, seed, ...
-      history.csv            one row per completed epoch (columns: see dmd_core.train)
+      history.csv            one row per completed epoch (columns: see below)
       best.pt                best-validation weights   {"model", "epoch", "valid_loss", ...}
       last.pt                everything needed to resume after the last completed epoch
       test_metrics.json      metrics of the best weights on the test split (+ "loss", "best_epoch")
@@ -84,16 +84,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """Tuples to lists, tensors/numpy scalars to Python numbers, non-finite floats to None."""
     if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, torch.Tensor):
-        return _json_safe(obj.tolist())
+        return json_safe(obj.tolist())
     if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
-        return _json_safe(obj.item())
+        return json_safe(obj.item())
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, Path):
@@ -103,7 +103,7 @@ def _json_safe(obj: Any) -> Any:
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Atomic JSON (indented; NaN/inf become ``null`` so any JSON reader can parse it)."""
-    return atomic_write_text(path, json.dumps(_json_safe(obj), indent=2) + "\n")
+    return atomic_write_text(path, json.dumps(json_safe(obj), indent=2) + "\n")
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> Path:
@@ -139,7 +139,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 # ---- reading runs back -----------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     try:
         with open(path) as f:
             return json.load(f)
@@ -172,7 +172,7 @@ class Run:
     @property
     def test_metrics(self) -> dict[str, Any] | None:
         file = self.path / TEST_METRICS
-        return _read_json(file) if file.is_file() else None
+        return read_json(file) if file.is_file() else None
 
     @property
     def test_predictions(self) -> pd.DataFrame:
@@ -205,7 +205,7 @@ def load_run(path: str | os.PathLike) -> Run:
     path = Path(path)
     if not (path / CONFIG).is_file() and (path / SUMMARY_JSON).is_file():
         raise FileNotFoundError(f"{path} holds several seeds (summary.json); use load_seeds({str(path)!r})")
-    meta = _read_json(path / CONFIG)
+    meta = read_json(path / CONFIG)
     for key in ("model", "train"):
         if key not in meta:
             raise ValueError(f"{path / CONFIG}: missing field {key!r} (expected 'model', 'train', 'seed', 'data')")
@@ -246,7 +246,7 @@ def seed_dir(run_dir: str | os.PathLike, seed: int) -> Path:
 
 
 def load_seeds(path: str | os.PathLike) -> SeedRuns:
-    """Read a multi-seed folder written by :func:`dmd_core.train.train_seeds`."""
+    """Read a multi-seed folder written by :func:`dmd_core.trainer.train_seeds`."""
     path = Path(path)
     folders = sorted(p for p in path.glob("seed_*") if (p / CONFIG).is_file())
     if not folders:

@@ -120,13 +120,13 @@ def test_a_run_is_trained_once_then_read_back_by_every_later_caller(settings, ds
     assert run.seed == 7 and run.test_metrics is not None
     assert run.path.parent == settings.run_dir("training", cfg, data_file, tc)
 
-    import dmd_core.train
+    import dmd_core.trainer
 
     calls = []
-    real = dmd_core.train.train_seeds
-    monkeypatch.setattr(dmd_core.train, "train", lambda *a, **k: pytest.fail("trained a finished run again"))
+    real = dmd_core.trainer.train_seeds
+    monkeypatch.setattr(dmd_core.trainer, "train", lambda *a, **k: pytest.fail("trained a finished run again"))
     assert settings.single_run("training", cfg, data_file, tc, progress=False).path == run.path
-    monkeypatch.setattr(dmd_core.train, "train_seeds", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(dmd_core.trainer, "train_seeds", lambda *a, **k: calls.append(1) or real(*a, **k))
     seeds = settings.seed_runs("training", cfg, data_file, tc, progress=False)
     assert sorted(seeds.runs) == [7, 8] and calls == [1]  # only the missing seed 8 needed training
     assert settings.seed_runs("training", cfg, data_file, tc, progress=False).path == seeds.path
@@ -167,7 +167,7 @@ def test_synth_parameters_report_the_planted_strengths(ds):
 
 def test_unimodal_probes_recover_the_planted_order_language_vision_audio(work):
     from dmd_core.data import load_mmsa
-    from dmd_core.synth import SynthSpec, write_mmsa
+    from dmd_core.data.synth import SynthSpec, write_mmsa
 
     path = write_mmsa(work / "probe.pkl", SynthSpec(sizes=(500, 10, 400), text_dim=32, seed=3))
     ds = load_mmsa(path)

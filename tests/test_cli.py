@@ -10,12 +10,13 @@ import time
 import pytest
 import torch
 
-from dmd_core import train as train_module
+from dmd_core import evaluation as evaluate_module
+from dmd_core.cli import train as train_cli
 from dmd_core.data import load_mmsa
+from dmd_core.data.synth import SynthSpec, write_mmsa
 from dmd_core.model import DMD
 from dmd_core.reference import config_from_json, load_state_dict
 from dmd_core.runs import load_run, load_seeds
-from dmd_core.synth import SynthSpec, write_mmsa
 
 from .conftest import load_fixture
 from .test_train import one_thread  # noqa: F401  (autouse fixture)
@@ -25,7 +26,7 @@ TINY = ["--set", "d=8", "--set", "heads=2", "--set", "nlevels=1", "--batch-size"
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dmd")
-    train_module.add_cli(p.add_subparsers(dest="command", required=True))
+    train_cli.add_cli(p.add_subparsers(dest="command", required=True))
     return p
 
 
@@ -113,7 +114,7 @@ def test_dmd_test_scores_a_reference_checkpoint(synth_file, tmp_path):
     cfg = config_from_json(str(config), "mosi", True)
     model = DMD(cfg)
     load_state_dict(model, fixture["state_dict"])
-    want = train_module.evaluate(model, load_mmsa(synth_file, config=cfg)["test"])
+    want = evaluate_module.evaluate(model, load_mmsa(synth_file, config=cfg)["test"])
     assert got == pytest.approx(want)
 
 

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from dmd_core.config import FEATURE_DIMS, SEQ_LENS, BertSpec
-from dmd_core.data import DataFormatError, MMSADataset, load_mmsa
+from dmd_core.data import DataFormatError, MMSADataset, dump_mmsa, load_mmsa
+from dmd_core.data.synth import SPLITS, SynthSpec, make_mmsa
 from dmd_core.model import DMD
-from dmd_core.synth import SPLITS, SynthSpec, dump_mmsa, make_mmsa
 
 SETTINGS = [("mosi", True), ("mosi", False), ("mosei", True), ("mosei", False)]
 SIZES = (8, 3, 5)
@@ -301,9 +301,9 @@ def test_ch_sims_shaped_file_loads_and_is_recognised(tmp_path):
 
 
 def test_protocol5_float64_file_converts_to_float32_memory_maps(tmp_path, base, monkeypatch):
-    import dmd_core.data as data_module
+    from dmd_core.data import pickles
 
-    monkeypatch.setattr(data_module, "_SPILL_MIN_BYTES", 1024)  # spill even these small arrays
+    monkeypatch.setattr(pickles, "SPILL_MIN_BYTES", 1024)  # spill even these small arrays
     data = copy.deepcopy(base[False])
     for s in SPLITS:
         data[s]["audio"] = data[s]["audio"].astype(np.float64)

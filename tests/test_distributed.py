@@ -27,7 +27,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
-    from dmd_core.train import train
+    from dmd_core.trainer import train
     from tests.conftest import tiny_config
     from tests.test_train import tiny_dataset
 

@@ -11,7 +11,7 @@ import torch
 import dmd_core
 from dmd_core.config import BertSpec, DMDConfig, preset
 from dmd_core.losses import total_loss
-from dmd_core.model import BertUnavailableError
+from dmd_core.text_encoder import BertUnavailableError
 
 from .conftest import tiny_config, tiny_inputs
 

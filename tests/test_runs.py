@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 import torch
 
-import dmd_core.train
+import dmd_core.trainer
 from dmd_core import runs
 from dmd_core.config import DMDConfig, TrainConfig
 from dmd_core.metrics import METRIC_NAMES
 from dmd_core.model import DMD
-from dmd_core.train import train_seeds
+from dmd_core.trainer import train_seeds
 
 from .conftest import tiny_config
 from .test_train import one_thread, tiny_dataset  # noqa: F401  (one_thread: autouse fixture)
@@ -97,10 +97,10 @@ def test_load_run_gives_configs_history_metrics_predictions_and_models(tmp_path)
 
 
 def test_every_history_column_is_documented_in_the_train_module():
-    doc = dmd_core.train.__doc__
+    doc = dmd_core.trainer.__doc__
     for name in ("epoch", "lr", "time_s", "steps", "best", "best_valid_loss", "valid_loss"):
         assert f"``{name}``" in doc
-    from dmd_core.train import PARTS
+    from dmd_core.trainer import PARTS
 
     for part in PARTS:
         assert f"``train_{part}``" in doc

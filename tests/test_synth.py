@@ -13,9 +13,10 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
-from dmd_core import synth
+from dmd_core.cli import synth as synth_cli
 from dmd_core.config import FEATURE_DIMS, SEQ_LENS
-from dmd_core.synth import SPLITS, SynthSpec, make_mmsa, synth_tokenizer, write_mmsa
+from dmd_core.data import dump_mmsa, synth
+from dmd_core.data.synth import SPLITS, SynthSpec, make_mmsa, synth_tokenizer, write_mmsa
 
 SETTINGS = [("mosi", True), ("mosi", False), ("mosei", True), ("mosei", False)]
 SMALL = (10, 4, 6)
@@ -205,7 +206,7 @@ def test_linear_probe_per_modality_recovers_the_planted_strength_order(strengths
 @pytest.mark.parametrize("dataset,aligned", SETTINGS)
 def test_reference_style_reader_accepts_the_files_unchanged(small_files, tmp_path, dataset, aligned):
     """What the reference DMD loader does: pickle.load, float32 casts, -inf -> 0, per-sample dicts, collate."""
-    path = synth.dump_mmsa(small_files[(dataset, aligned)], tmp_path / "f.pkl")
+    path = dump_mmsa(small_files[(dataset, aligned)], tmp_path / "f.pkl")
     with open(path, "rb") as f:
         data = pickle.load(f)
     for use_bert in (False, True):
@@ -234,7 +235,7 @@ def test_reference_style_reader_accepts_the_files_unchanged(small_files, tmp_pat
 def cli_main(argv: list[str]) -> int:
     """``dmd synth`` through the same ``add_cli`` hook the ``dmd`` command uses."""
     parser = argparse.ArgumentParser(prog="dmd")
-    synth.add_cli(parser.add_subparsers(dest="command", required=True))
+    synth_cli.add_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return args.func(args)
 

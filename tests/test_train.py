@@ -19,18 +19,12 @@ from dmd_core.config import TrainConfig
 from dmd_core.data import Split
 from dmd_core.devices import pick_device, seed_everything
 from dmd_core.distill import EDGE_NAMES
+from dmd_core.evaluation import evaluate, missing_modality_table
 from dmd_core.losses import total_loss
 from dmd_core.metrics import METRIC_NAMES
 from dmd_core.model import DMD
 from dmd_core.runs import load_run
-from dmd_core.train import (
-    PARTS,
-    NonFiniteLossError,
-    evaluate,
-    missing_modality_table,
-    train,
-    unused_parameters,
-)
+from dmd_core.trainer import PARTS, NonFiniteLossError, train, unused_parameters
 
 from .conftest import tiny_config
 
@@ -211,7 +205,7 @@ KILL_SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     from tests.test_train import tiny_dataset, _plateau_recipe
     from tests.conftest import tiny_config
-    from dmd_core.train import train
+    from dmd_core.trainer import train
 
     def slow(trainer, row):
         print("epoch", trainer.epoch, flush=True)

@@ -72,17 +72,13 @@ keep and what should not reach the prediction.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import io
 import logging
 import math
 import os
-import pickle
-import struct
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -90,12 +86,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .config import FEATURE_DIMS, MODALITIES, SEQ_LENS
+from ..config import FEATURE_DIMS, MODALITIES, SEQ_LENS, SPLIT_SIZES
+from .dataset import SPLITS
+from .pickles import LazyArray, dump_mmsa
 
 log = logging.getLogger(__name__)
 
-SPLITS: tuple[str, str, str] = ("train", "valid", "test")
-OFFICIAL_SIZES = {"mosi": (1284, 229, 686), "mosei": (16326, 1871, 4659)}
+
 EXTRA_KEY = "synth"
 FORMAT_VERSION = 1
 
@@ -147,7 +144,7 @@ _GRAMMAR_WORDS = ("i", "thought", "the", "was", "honestly", "it", "found", "a", 
                   "saw", "with", "my", "friends", "and", "then", "there", "also", "again", "robot")  # fmt: skip
 VOCAB_SIZE = 30522
 SPECIAL_IDS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103}
-VOCAB_DIR = Path(__file__).parent / "assets" / "synth_wordpiece"  # holds vocab.txt
+VOCAB_DIR = Path(__file__).parents[1] / "assets" / "synth_wordpiece"  # holds vocab.txt
 
 
 def _all_words() -> list[str]:
@@ -235,7 +232,7 @@ class SynthSpec:
         def bad(name: str, expected: str) -> ValueError:
             return ValueError(f"SynthSpec.{name}: expected {expected}, found {getattr(self, name)!r}")
 
-        if self.dataset not in OFFICIAL_SIZES:
+        if self.dataset not in SPLIT_SIZES:
             raise bad("dataset", "'mosi' or 'mosei'")
         if len(self.strengths) != 3 or min(self.strengths) < 0:
             raise bad("strengths", "three non-negative numbers (L, V, A)")
@@ -263,7 +260,7 @@ class SynthSpec:
 
     @property
     def split_sizes(self) -> dict[str, int]:
-        sizes = self.sizes or tuple(max(1, round(n * self.scale)) for n in OFFICIAL_SIZES[self.dataset])
+        sizes = self.sizes or tuple(max(1, round(n * self.scale)) for n in SPLIT_SIZES[self.dataset])
         return dict(zip(SPLITS, sizes))
 
     @property
@@ -565,15 +562,8 @@ def _text_features(spec: SynthSpec, world: _World, split: str, tokens: np.ndarra
     return out
 
 
-class _Lazy:
-    """A large array built only when it is written (so a file streams one array at a time)."""
-
-    def __init__(self, build: Callable[[], np.ndarray]) -> None:
-        self.build = build
-
-
 def _split(spec: SynthSpec, world: _World, split: str, n: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """One split's MMSA dict (large arrays as :class:`_Lazy`) and its latent variables."""
+    """One split's MMSA dict (large arrays as :class:`LazyArray`) and its latent variables."""
     lat = _latent(spec, split, n)
     raw = _sentences(spec, split, lat)
     tokens = _tokenize(raw, spec.seq_lens[0])
@@ -587,10 +577,10 @@ def _split(spec: SynthSpec, world: _World, split: str, n: int) -> tuple[dict[str
     annotations = np.where(lat.labels > 0, "Positive", np.where(lat.labels < 0, "Negative", "Neutral"))
     data: dict[str, Any] = {
         "raw_text": np.array(raw),
-        "audio": _Lazy(audio),
-        "vision": _Lazy(lambda: _frames(spec, world, split, "V", lat, tokens, lengths)),
+        "audio": LazyArray(audio),
+        "vision": LazyArray(lambda: _frames(spec, world, split, "V", lat, tokens, lengths)),
         "id": np.array(_video_ids(spec, split, n)),
-        "text": _Lazy(lambda: _text_features(spec, world, split, tokens)),
+        "text": LazyArray(lambda: _text_features(spec, world, split, tokens)),
         "text_bert": tokens.astype(np.float32),
         "annotations": annotations,
         "classification_labels": (np.sign(lat.labels) + 1).astype(np.float32),
@@ -632,7 +622,7 @@ def make_mmsa(spec: SynthSpec) -> dict[str, Any]:
     """The MMSA dict (what ``pickle.load`` of a real file gives) for ``spec``, fully in memory."""
 
     def materialise(obj: Any) -> Any:
-        if isinstance(obj, _Lazy):
+        if isinstance(obj, LazyArray):
             return obj.build()
         if isinstance(obj, dict):
             return {k: materialise(v) for k, v in obj.items()}
@@ -641,82 +631,10 @@ def make_mmsa(spec: SynthSpec) -> dict[str, Any]:
     return materialise(_build(spec))
 
 
-# ----------------------------------------------------------------------------- writing
-
-
-_GLOBAL_RECONSTRUCT = b"cnumpy.core.multiarray\n_reconstruct\n"
-_WRITE_BLOCK = 1 << 26
-
-
-def _small(obj: Any) -> bytes:
-    """Opcodes of a small plain object (no memo, protocol 3), without the PROTO and STOP framing."""
-    buf = io.BytesIO()
-    pickler = pickle.Pickler(buf, protocol=3)
-    pickler.fast = True  # no memo: the pieces can be concatenated into one stream
-    pickler.dump(obj)
-    data = buf.getvalue()
-    if b"numpy._core" in data:
-        raise TypeError(f"synth writer: {type(obj).__name__} would pickle under NumPy-2-only names")
-    return data[2:-1]
-
-
-def _write_array(f, a: np.ndarray) -> None:
-    """An ndarray as NumPy's own protocol-2+ reduction, data streamed from memory without a copy."""
-    if a.dtype.hasobject:
-        raise TypeError("synth writer: object arrays are not written")
-    a = np.ascontiguousarray(a)
-    f.write(_GLOBAL_RECONSTRUCT + _small((np.ndarray, (0,), b"b")) + b"R")
-    f.write(b"(" + _small(1) + _small(tuple(int(s) for s in a.shape)) + _small(a.dtype) + _small(False))
-    raw = a.reshape(-1).view(np.uint8)
-    f.write(b"\x8e" + struct.pack("<Q", raw.nbytes))  # BINBYTES8
-    for start in range(0, raw.nbytes, _WRITE_BLOCK):
-        f.write(raw[start : start + _WRITE_BLOCK].data)
-    f.write(b"tb")  # TUPLE, BUILD (ndarray.__setstate__)
-
-
-def _write_obj(f, obj: Any) -> None:
-    if isinstance(obj, _Lazy):
-        array = obj.build()
-        _write_array(f, array)
-        del array
-    elif isinstance(obj, np.ndarray):
-        _write_array(f, obj)
-    elif isinstance(obj, dict):
-        f.write(b"}")  # EMPTY_DICT
-        for key, value in obj.items():
-            f.write(_small(key))
-            _write_obj(f, value)
-            f.write(b"s")  # SETITEM
-    elif isinstance(obj, np.generic):
-        f.write(_small(obj.item()))
-    else:
-        f.write(_small(obj))
-
-
-def dump_mmsa(data: dict[str, Any], path: str | Path) -> Path:
-    """Write an MMSA dict (numpy arrays, lists, str) as a pickle readable by NumPy 1.x and 2.x, atomically."""
-    return _dump(data, Path(path))
-
-
-def _dump(data: dict[str, Any], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(b"\x80\x04")  # PROTO 4 (BINBYTES8 for arrays over 4 GB)
-            _write_obj(f, data)
-            f.write(b".")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
 def write_mmsa(path: str | Path, spec: SynthSpec) -> Path:
     """Generate ``spec`` and write it to ``path`` (temporary file + rename; one large array in memory at a time)."""
     start = time.perf_counter()
-    path = _dump(_build(spec), Path(path))
+    path = dump_mmsa(_build(spec), path)
     sizes = "/".join(str(v) for v in spec.split_sizes.values())
     log.info("wrote %s (%s %s, splits %s, %.1f MB) in %.1f s", path, spec.dataset,
              "aligned" if spec.aligned else "unaligned", sizes, path.stat().st_size / 1e6,
@@ -726,109 +644,6 @@ def write_mmsa(path: str | Path, spec: SynthSpec) -> Path:
 
 def default_path(spec: SynthSpec) -> Path:
     return Path("data") / f"synth_{spec.dataset}_{'aligned' if spec.aligned else 'unaligned'}_50.pkl"
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def add_cli(subparsers) -> None:
-    """Register ``dmd synth``."""
-    defaults = SynthSpec()
-    p = subparsers.add_parser(
-        "synth",
-        help="write a synthetic MOSI/MOSEI file in the MMSA pickle format",
-        description="Write a synthetic CMU-MOSI or CMU-MOSEI file in exactly the MMSA layout "
-        "(aligned_50.pkl / unaligned_50.pkl), with a planted, documented structure: one sentiment "
-        "factor shared by the modalities with a strength per modality, modality-exclusive factors that "
-        "carry no label information, and incongruent samples where vision or audio carries information "
-        "the words do not. See the dmd_core.synth module docstring for the formulas.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument(
-        "--dataset",
-        choices=sorted(OFFICIAL_SIZES),
-        default=defaults.dataset,
-        help="which dataset's sequence lengths, feature sizes, split sizes and label grid to copy",
-    )
-    group = p.add_mutually_exclusive_group()
-    group.add_argument(
-        "--aligned",
-        dest="aligned",
-        action="store_true",
-        default=True,
-        help="word-aligned file: audio and vision have one frame per word piece (T=50)",
-    )
-    group.add_argument(
-        "--unaligned",
-        dest="aligned",
-        action="store_false",
-        help="unaligned file: audio and vision at their own rates, zero-padded, with lengths",
-    )
-    size = p.add_mutually_exclusive_group()
-    size.add_argument(
-        "--scale",
-        type=float,
-        default=defaults.scale,
-        help="fraction of the official split sizes (MOSI 1284/229/686, MOSEI 16326/1871/4659)",
-    )
-    size.add_argument(
-        "--sizes",
-        type=int,
-        nargs=3,
-        metavar=("TRAIN", "VALID", "TEST"),
-        help="explicit split sizes (overrides --scale)",
-    )
-    p.add_argument("--seed", type=int, default=defaults.seed, help="random seed; the same seed gives the same file")
-    p.add_argument(
-        "--strengths",
-        type=float,
-        nargs=3,
-        default=defaults.strengths,
-        metavar=("L", "V", "A"),
-        help="how strongly language, vision and audio express the sentiment factor; e.g. "
-        "--strengths 0.2 0.3 1.0 makes audio carry the signal",
-    )
-    p.add_argument(
-        "--incongruent",
-        type=float,
-        default=defaults.incongruent,
-        help="fraction of samples whose words express an unrelated sentiment while the "
-        "--incongruent-modality expresses the true one",
-    )
-    p.add_argument(
-        "--incongruent-modality",
-        choices=("V", "A"),
-        default=defaults.incongruent_modality,
-        help="the modality that carries the signal on incongruent samples",
-    )
-    p.add_argument(
-        "--incongruent-strength",
-        type=float,
-        default=defaults.incongruent_strength,
-        help="its strength on those samples",
-    )
-    p.add_argument(
-        "--exclusive",
-        type=int,
-        default=defaults.n_exclusive,
-        help="number of modality-exclusive factors per modality (0-4), label-free",
-    )
-    p.add_argument("--noise", type=float, default=defaults.frame_noise, help="per-frame noise of vision and audio")
-    p.add_argument(
-        "--out", type=Path, default=None, help="output path (default: data/synth_<dataset>_<aligned|unaligned>_50.pkl)"
-    )
-    p.set_defaults(func=_run_cli)
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    spec = SynthSpec(
-        dataset=args.dataset, aligned=args.aligned, scale=args.scale, sizes=tuple(args.sizes) if args.sizes else None,
-        seed=args.seed, strengths=tuple(args.strengths), incongruent=args.incongruent,
-        incongruent_modality=args.incongruent_modality, incongruent_strength=args.incongruent_strength,
-        n_exclusive=args.exclusive, frame_noise=args.noise,
-    )  # fmt: skip
-    write_mmsa(args.out or default_path(spec), spec)
-    return 0
 
 
 def iter_specs(dataset: Iterable[str] = ("mosi", "mosei"), **fields: Any) -> list[SynthSpec]:

@@ -1,0 +1,36 @@
+"""Options that several ``dmd`` commands share, defined once."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_alignment(p: argparse.ArgumentParser, default: bool | None, verb: str = "the file must be") -> None:
+    """``--aligned`` / ``--unaligned`` (``default`` None: either is accepted)."""
+    align = p.add_mutually_exclusive_group()
+    align.add_argument("--aligned", dest="aligned", action="store_true", default=default,
+                       help=f"{verb} word-aligned (aligned_50.pkl: audio and vision have one frame per word piece)"
+                       + (" (default)" if default is True else ""))  # fmt: skip
+    align.add_argument("--unaligned", dest="aligned", action="store_false",
+                       help=f"{verb} unaligned (unaligned_50.pkl: audio and vision at their own rates, with lengths)"
+                       + (" (default)" if default is False else ""))  # fmt: skip
+
+
+def add_device(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument("--device", default=default,
+                   help="cpu, cuda, cuda:N or mps (default: " + (default or "CUDA if available, then Apple MPS, then CPU")
+                   + ")")  # fmt: skip
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    """What ``dmd train`` and ``dmd test`` need to read a file and build a model for it."""
+    add_device(p)
+    p.add_argument("--bert", default=None, metavar="NAME|DIR|none",
+                   help="BERT for the text: a local folder with config.json and weights (e.g. saved with "
+                        "save_pretrained), a Hugging Face name (needs the network or the local cache), or none "
+                        "to use the file's stored text features")  # fmt: skip
+    p.add_argument("--dataset", choices=("mosi", "mosei"), default=None,
+                   help="which official hyper-parameters (preset) to use (default: guessed from the file)")  # fmt: skip
+    add_alignment(p, None)
+    p.add_argument("--mmap-dir", default=None, metavar="DIR",
+                   help="convert the file once to memory-mapped arrays in DIR (for MOSEI unaligned on little RAM)")  # fmt: skip

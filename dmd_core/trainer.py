@@ -1,0 +1,597 @@
+"""Training DMD: the published recipe in one readable loop (:meth:`Trainer.train_epoch`).
+
+::
+
+    result = train(model_config, "mosi.pkl", TrainConfig(max_epochs=20), "runs/mosi", seed=1111)
+    results = train_seeds(model_config, dataset, train_config, "runs/mosi")   # seed_1111/, ... + summary
+
+Evaluation lives in :mod:`dmd_core.evaluation`, run folders in :mod:`dmd_core.runs`.
+
+The recipe (the book's method reference, "Training recipe"): Adam (lr 1e-4, no weight decay) over the model and both
+GD-Units; each mini-batch's loss (not divided) is back-propagated into the running sum of
+gradients, which is clipped by value (0.6) after every backward; every 10 mini-batches the
+optimizer steps. ReduceLROnPlateau (factor 0.5, patience 5) and early stopping (10 epochs
+without a validation loss lower by 1e-6) both watch the validation L1 loss, computed once
+per epoch. The test split is evaluated once, at the end, with the best-validation weights.
+
+Where we differ from the reference, on purpose: the leftover mini-batches at the end of an
+epoch (fewer than 10) take an optimizer step (the reference silently drops their gradients,
+so with fewer than 10 batches per epoch it never learns; ``TrainConfig(leftover_step=False)``
+restores that); predictions for metrics are computed under ``torch.inference_mode`` in eval
+mode (the reference keeps their autograd graphs); validation and test are not shuffled; the
+test split is not evaluated every epoch; only the best and the last checkpoints are kept;
+``max_epochs`` bounds a run. Gradients of every trainable parameter are clipped (the model
+and both GD-Units).
+
+``history.csv`` columns (one row per completed epoch):
+
+* ``epoch`` (1-based), ``lr`` (learning rate used in the epoch), ``time_s`` (train +
+  validation seconds), ``steps`` (optimizer steps so far), ``best`` (1 if this epoch set a
+  new best validation loss), ``best_valid_loss``;
+* ``train_<part>``: mean over the epoch's mini-batches of every loss part of
+  :class:`~dmd_core.losses.LossParts` (``train_total``, ``train_task``, ``train_recon``,
+  ``train_cycle``, ``train_ort``, ``train_margin``, ``train_homo_gd``, ``train_homo_reg``,
+  ``train_homo_logit``, ``train_homo_repr``, ``train_hetero_gd``, ``train_hetero_reg``,
+  ``train_hetero_logit``, ``train_hetero_repr``), in train mode (dropout on);
+* ``valid_loss`` (mean L1 of the prediction, the reference's validation loss) and
+  ``valid_<metric>`` for every metric of :func:`~dmd_core.metrics.regression_metrics`;
+* ``train_homo_<edge>``, ``train_hetero_<edge>``, ``valid_homo_<edge>``,
+  ``valid_hetero_<edge>`` for the six edges of :data:`~dmd_core.distill.EDGE_NAMES`
+  (``V->L``, ``A->L``, ``L->V``, ``A->V``, ``L->A``, ``V->A``: teacher -> student): the
+  normalised edge weight averaged over the split's samples (train: during the epoch, train
+  mode; valid: after it, eval mode). All six start near 1/6.
+
+Determinism: one seed fixes the initial weights (Python, numpy, torch seeded), the dropout
+masks and the shuffling (a ``torch.Generator`` of the run). ``last.pt`` holds every RNG
+state, so a resumed run continues exactly where it stopped: on CPU, resuming gives the same
+numbers, bit for bit, as a run that was never interrupted.
+
+Non-finite losses: each step records, on the device, whether the loss is finite. On CPU it is
+checked before every optimizer step; on CUDA (where a check is a host synchronisation) and
+under DDP, at the end of the epoch. A non-finite loss raises :class:`NonFiniteLossError`
+naming the epoch, the mini-batch and the loss parts; no checkpoint is written after it, so
+``last.pt`` and ``best.pt`` keep the last good epoch.
+
+Distributed: under ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` set) the model is
+wrapped in ``DistributedDataParallel`` (NCCL on GPUs, gloo on CPU); each rank trains on its
+shard of the shuffled train split (padded to equal length, as ``DistributedSampler`` does);
+gradients are averaged over ranks at every backward, so the replicas stay identical. Rank 0
+validates, tests and writes every file; the validation loss is broadcast so that every rank
+takes the same scheduling and stopping decisions. ``train_seeds(..., parallel=True)`` instead
+runs different seeds on different ranks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import runs
+from .config import DMDConfig, TrainConfig
+from .data import data_reference, open_dataset
+from .devices import (
+    DistInfo,
+    autocast,
+    configure_cuda,
+    init_distributed,
+    pick_device,
+    place_dataset,
+    rng_state,
+    seed_everything,  # fmt: skip
+    set_rng_state,
+)
+from .distill import EDGE_NAMES
+from .evaluation import predict
+from .evaluation import scores as evaluation_scores
+from .losses import LossParts, total_loss
+from .metrics import METRIC_NAMES
+from .model import DMD, DMDOutput
+
+if TYPE_CHECKING:
+    from .data import MMSADataset
+
+log = logging.getLogger(__name__)
+
+PARTS = tuple(f.name for f in LossParts.__dataclass_fields__.values())  # total, task, recon, ...
+# The model's improvement must exceed this for early stopping to count it (the reference's).
+MIN_DELTA = 1e-6
+
+__all__ = ["train", "train_seeds", "RunResult", "SeedsResult", "NonFiniteLossError", "Trainer", "EpochStats"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stopped without writing a checkpoint."""
+
+
+@dataclass
+class RunResult:
+    """What :func:`train` returns. ``model`` holds the best-validation weights (eval mode).
+
+    ``test_metrics`` is None on ranks other than 0 under DDP. ``run`` reads the folder back.
+    """
+
+    run_dir: Path
+    seed: int
+    test_metrics: dict[str, Any] | None
+    best_epoch: int
+    epochs: int
+    stop_reason: str
+    history: list[dict[str, float]] = field(repr=False)
+    model: DMD = field(repr=False)
+
+    @property
+    def run(self) -> runs.Run:
+        return runs.load_run(self.run_dir)
+
+
+def unused_parameters(model: DMD) -> list[nn.Parameter]:
+    """Parameters no loss reaches: the reference's unused projections of ``s_m`` (kept so that its
+    checkpoints load), a temporal projection skipped because ``d_in == d``, and a BERT that is not
+    fine-tuned. The trainer freezes them (``requires_grad=False``), which changes no number."""
+    unused = list(model.private_proj.parameters())
+    unused += [p for m, skip in model.skip_proj.items() if skip for p in model.proj[m].parameters()]
+    if model.text_encoder is not None and not model.text_encoder.finetune:
+        unused += list(model.text_encoder.parameters())
+    return unused
+
+
+# Fields of TrainConfig that may change when a run is resumed.
+RESUMABLE_CHANGES = ("max_epochs", "seeds", "eval_batch_size", "compile", "extra")
+
+
+class EpochStats:
+    """One epoch's running sums, kept on the device (no host synchronisation per mini-batch).
+
+    Every loss part, the GD edges summed over samples, and the first mini-batch whose loss was
+    not finite (with its loss parts), for the trainer's non-finite check.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.sums = torch.zeros(len(PARTS), device=device)
+        self.edges = torch.zeros(2, 6, device=device)  # homo, hetero
+        self.counts = torch.zeros(2, device=device)  # mini-batches, samples
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.bad_parts = torch.zeros(len(PARTS), device=device)
+
+    def add(self, index: int, parts: LossParts, out: DMDOutput) -> None:
+        values = torch.stack([v.float() for v in parts.detached().values()])  # (len(PARTS),)
+        self.sums += values
+        newly_bad = (~torch.isfinite(values).all()) & (self.first_bad < 0)
+        self.first_bad = torch.where(newly_bad, torch.full_like(self.first_bad, index), self.first_bad)
+        self.bad_parts = torch.where(newly_bad, values, self.bad_parts)
+        self.edges[0] += out.homo_graph.edges.detach().float().sum(1)
+        self.edges[1] += out.hetero_graph.edges.detach().float().sum(1)
+        self.counts += torch.tensor([1.0, out.prediction.shape[0]], device=self.counts.device)
+
+    def all_reduce(self) -> None:
+        """Sum over DDP ranks; the first bad mini-batch is this rank's, else any other rank's."""
+        for t in (self.sums, self.edges, self.counts):
+            dist.all_reduce(t)
+        any_bad = self.first_bad.clone()
+        dist.all_reduce(any_bad, op=dist.ReduceOp.MAX)
+        self.first_bad = torch.where(self.first_bad >= 0, self.first_bad, any_bad)
+
+    def first_non_finite(self) -> tuple[int, dict[str, float]]:
+        """``(mini-batch index, {part: value})`` of the first non-finite loss, or ``(-1, {})``."""
+        step = int(self.first_bad)
+        if step < 0:
+            return step, {}
+        values = zip(PARTS, self.bad_parts.cpu().tolist())
+        return step, {p: v for p, v in values if not math.isfinite(v)}
+
+    def row(self) -> dict[str, float]:
+        """``train_<part>`` (mean over mini-batches) and ``train_<unit>_<edge>`` (mean over samples)."""
+        sums, edges, (n_batches, n_samples) = self.sums.tolist(), self.edges.tolist(), self.counts.tolist()
+        row = {f"train_{p}": s / n_batches for p, s in zip(PARTS, sums)}
+        for unit, unit_edges in zip(("homo", "hetero"), edges):
+            row.update({f"train_{unit}_{e}": s / n_samples for e, s in zip(EDGE_NAMES, unit_edges)})
+        return row
+
+
+class Trainer:
+    """One training run (one seed) of the recipe, writing one run folder.
+
+    Most users call :func:`train`. ``on_epoch_end(trainer, row)`` is called after every
+    epoch's checkpoint is written (``row`` is the history row), e.g. to plot edges live.
+    """
+
+    def __init__(
+        self,
+        model_config: DMDConfig,
+        dataset: MMSADataset,
+        train_config: TrainConfig,
+        run_dir: str | Path,
+        seed: int,
+        device: str | torch.device | None = None,
+        progress: bool = True,
+        on_epoch_end: Callable[[Trainer, dict], None] | None = None,
+        data_ref: str | None = None,
+        distributed: bool = True,
+    ) -> None:
+        if distributed:
+            self.dist, self.device = init_distributed(device)
+        else:
+            self.dist, self.device = DistInfo(), pick_device(device)
+        self.cfg, self.tcfg, self.seed = model_config, train_config, int(seed)
+        self.dataset, self.data_ref = place_dataset(dataset, self.device), data_ref
+        self.run_dir = Path(run_dir)
+        self.progress = progress and self.dist.is_main
+        self.on_epoch_end = on_epoch_end
+        if self.device.type == "cuda":
+            configure_cuda(train_config.tf32)
+        # Everything random below (initial weights) follows from the seed.
+        seed_everything(self.seed)
+        self.model = DMD(model_config).to(self.device)
+        for p in unused_parameters(self.model):
+            p.requires_grad_(False)  # no loss reaches them: DDP must not wait for their gradients
+        self.generator = torch.Generator().manual_seed(self.seed)  # train shuffling
+        self.forward = self._wrap(self.model)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.params, lr=train_config.lr)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="min", factor=train_config.plateau_factor, patience=train_config.plateau_patience
+        )
+        self.epoch = 0  # completed epochs
+        self.steps = 0  # optimizer steps
+        self.best_valid, self.best_epoch = math.inf, 0
+        self.stop_reason = ""
+        self.history: list[dict[str, float]] = []
+
+    def _wrap(self, model: DMD) -> nn.Module:
+        """The module the training step calls: DDP and/or ``torch.compile`` around the model."""
+        forward: nn.Module = model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # Every trainable parameter gets a gradient at every step (see unused_parameters), so plain DDP
+            # works: gradients are averaged over ranks after each backward, also within an accumulation group.
+            forward = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if self.tcfg.compile:
+            forward = torch.compile(forward)
+        return forward
+
+    # ---- files ----
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return {
+            "model": self.cfg.to_dict(),
+            "train": self.tcfg.to_dict(),
+            "seed": self.seed,
+            "data": self.data_ref,
+            "world_size": self.dist.world_size,
+            "device": str(self.device),
+            "torch": torch.__version__,
+        }
+
+    def _check_resumable(self, saved: dict[str, Any]) -> None:
+        """The saved run was made with the same model, recipe and seed (``max_epochs`` may grow)."""
+
+        def differing(ours: dict, theirs: dict, allowed: tuple[str, ...] = ()) -> list[str]:
+            ours = runs.json_safe(ours)
+            return sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k) and k not in allowed)
+
+        problems = []
+        if diff := differing(self.cfg.to_dict(), saved.get("model", {})):
+            problems.append(f"model config differs in {diff}")
+        if diff := differing(self.tcfg.to_dict(), saved.get("train", {}), RESUMABLE_CHANGES):
+            problems.append(f"train config differs in {diff}")
+        if saved.get("seed") != self.seed:
+            problems.append(f"seed {saved.get('seed')} != {self.seed}")
+        if problems:
+            raise ValueError(f"cannot resume {self.run_dir}: " + "; ".join(problems))
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "steps": self.steps,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "best_valid": self.best_valid,
+            "best_epoch": self.best_epoch,
+            "stop_reason": self.stop_reason,
+            "history": self.history,
+            "rng": rng_state(self.device),
+            "generator": self.generator.get_state(),
+            "seed": self.seed,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore everything :meth:`_state` saved (model, optimizer, scheduler, early stop, RNGs, history)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.steps = int(state["epoch"]), int(state["steps"])
+        self.best_valid, self.best_epoch = float(state["best_valid"]), int(state["best_epoch"])
+        self.stop_reason = state["stop_reason"]
+        self.history = list(state["history"])
+        set_rng_state(state["rng"], self.device)
+        self.generator.set_state(state["generator"])
+
+    def _assert_finite_weights(self, what: str) -> None:
+        params = list(self.model.named_parameters())
+        finite = torch.stack([torch.isfinite(p).all() for _, p in params]).cpu()  # one host sync
+        bad = [n for (n, _), ok in zip(params, finite.tolist()) if not ok]
+        if bad:
+            raise NonFiniteLossError(
+                f"epoch {self.epoch}: non-finite weights in {bad[:5]}{' ...' if len(bad) > 5 else ''}; "
+                f"{what} not written, the previous checkpoint in {self.run_dir} is intact"
+            )
+
+    # ---- one epoch ----
+
+    def _train_batches(self) -> tuple[Iterable, int]:
+        """This rank's mini-batches of the shuffled train split, and how many there are."""
+        split, bs = self.dataset["train"], self.tcfg.batch_size
+        if not self.dist.enabled:
+            return split.batches(bs, shuffle=True, generator=self.generator, device=self.device), split.num_batches(bs)
+        n, world = len(split), self.dist.world_size
+        order = torch.randperm(n, generator=self.generator)
+        padded = torch.cat([order, order[: math.ceil(n / world) * world - n]])  # equal shards, as DistributedSampler
+        shard = padded[self.dist.rank :: world]
+        return split.subset(shard).batches(bs, shuffle=False, device=self.device), math.ceil(len(shard) / bs)
+
+    def train_epoch(self) -> dict[str, float]:
+        """One pass over the train split: the recipe's accumulate, clip, step. Returns the epoch's means."""
+        epoch = self.epoch + 1
+        self.forward.train()
+        acc, clip = self.tcfg.accumulation, self.tcfg.grad_clip
+        batches, n_batches = self._train_batches()
+        stats = EpochStats(self.device)
+        check_each_step = self.device.type != "cuda" and not self.dist.enabled  # a check is free on CPU
+        bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch}", leave=False, disable=not self.progress)
+        for i, batch in enumerate(bar):
+            if i % acc == 0:
+                self.optimizer.zero_grad(set_to_none=True)
+            with autocast(self.device, self.tcfg.bf16):
+                out = self.forward(batch.text, batch.audio, batch.vision)
+                parts = total_loss(self.model, out, batch.labels)
+            parts.total.backward()  # summed over the group: the loss is not divided by `acc`
+            if clip > 0:
+                nn.utils.clip_grad_value_(self.params, clip)  # on the running sum, after every backward
+            stats.add(i, parts, out)
+            if (i + 1) % acc == 0 or (i == n_batches - 1 and self.tcfg.leftover_step):
+                if check_each_step:
+                    self._raise_if_bad(epoch, stats)
+                self.optimizer.step()
+                self.steps += 1
+        bar.close()
+        if self.dist.enabled:  # every rank must stop if any rank saw a non-finite loss
+            stats.all_reduce()
+        self._raise_if_bad(epoch, stats)
+        return stats.row()
+
+    def _raise_if_bad(self, epoch: int, stats: EpochStats) -> None:
+        step, parts = stats.first_non_finite()  # host sync: only at optimizer steps on CPU, at epoch end elsewhere
+        if step < 0:
+            return
+        named = ", ".join(f"{p}={v}" for p, v in parts.items()) or "(on another rank)"
+        raise NonFiniteLossError(
+            f"non-finite loss at epoch {epoch}, mini-batch {step + 1}: {named}. The run stopped; "
+            f"{self.run_dir / runs.LAST} still holds the last good epoch ({self.epoch}). Check the data for "
+            f"NaN/inf, lower the learning rate, or train without bf16."
+        )
+
+    def validate(self) -> dict[str, float]:
+        """Validation loss, metrics and mean edges (rank 0 computes; the loss is broadcast to every rank)."""
+        row: dict[str, float] = {}
+        if self.dist.is_main:
+            pred = predict(
+                self.model, self.dataset["valid"], self.device, batch_size=self._eval_bs(), bf16=self.tcfg.bf16
+            )
+            scores = evaluation_scores(pred)
+            row["valid_loss"] = scores["loss"]
+            row.update({f"valid_{m}": scores[m] for m in METRIC_NAMES})
+            for unit, edges in (("homo", pred.homo_edges), ("hetero", pred.hetero_edges)):
+                row.update({f"valid_{unit}_{e}": float(v) for e, v in zip(EDGE_NAMES, edges.double().mean(0))})
+        if self.dist.enabled:
+            loss = torch.tensor([row.get("valid_loss", 0.0)], dtype=torch.float64, device=self.device)
+            dist.broadcast(loss, 0)
+            row["valid_loss"] = float(loss)
+        return row
+
+    def _eval_bs(self) -> int:
+        return self.tcfg.eval_batch_size or self.tcfg.batch_size
+
+    # ---- the run ----
+
+    def _open_run_folder(self, resume: bool) -> None:
+        """Create the run folder, or resume the run in it (``resume``); write ``config.json``."""
+        main, last_file = self.dist.is_main, self.run_dir / runs.LAST
+        # Rank 0 looks at the folder before anyone writes, and every rank follows its answer
+        # (under DDP the run folder must be on a file system that every rank sees).
+        decision = [resume and last_file.is_file(), not resume and (self.run_dir / runs.CONFIG).exists()]
+        if self.dist.enabled:
+            dist.broadcast_object_list(decision, src=0)
+        resuming, occupied = decision
+        if occupied:
+            raise FileExistsError(
+                f"{self.run_dir} already holds a run; resume it (resume=True, dmd train --resume) or pick another folder"
+            )
+        if resuming:
+            self._check_resumable(runs.load_run(self.run_dir).meta)
+            self.load_state(runs.load_checkpoint(last_file, map_location="cpu"))  # RNG states must stay on the CPU
+            log.info("resuming %s after epoch %d", self.run_dir, self.epoch)
+            if self.stop_reason == "max_epochs" and (self.tcfg.max_epochs is None or self.tcfg.max_epochs > self.epoch):
+                self.stop_reason = ""  # the bound was raised: carry on
+        elif main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if main:
+            runs.write_json(self.run_dir / runs.CONFIG, self.meta)
+
+    def _save_epoch(self, improved: bool, valid_loss: float) -> None:
+        """Rank 0 writes ``best.pt`` (when ``improved``), ``history.csv`` and ``last.pt`` (every RNG state)."""
+        if not self.dist.is_main:
+            return
+        self._assert_finite_weights("checkpoint")
+        if improved:
+            runs.save_checkpoint(self.run_dir / runs.BEST, {
+                "model": self.model.state_dict(), "epoch": self.epoch, "valid_loss": valid_loss, "seed": self.seed,
+            })  # fmt: skip
+        runs.write_csv(self.run_dir / runs.HISTORY, self.history)
+        runs.save_checkpoint(self.run_dir / runs.LAST, self._state())
+
+    def fit(self, resume: bool = False) -> RunResult:
+        """Train until early stopping or ``max_epochs``, then test the best weights. Writes the run folder."""
+        main, last_file = self.dist.is_main, self.run_dir / runs.LAST
+        self._open_run_folder(resume)
+        max_epochs = self.tcfg.max_epochs
+        if max_epochs is not None and self.epoch >= max_epochs and not self.stop_reason:
+            self.stop_reason = "max_epochs"
+        epochs_bar = tqdm(total=max_epochs, initial=self.epoch, desc="epochs", disable=not self.progress)
+        while not self.stop_reason:
+            start = time.perf_counter()
+            lr = self.optimizer.param_groups[0]["lr"]
+            row: dict[str, float] = {"epoch": self.epoch + 1, "lr": lr}
+            row.update(self.train_epoch())
+            row.update(self.validate())
+            self.epoch += 1
+            valid_loss = row["valid_loss"]
+            if not math.isfinite(valid_loss):
+                raise NonFiniteLossError(
+                    f"non-finite validation loss at epoch {self.epoch}; {last_file} still holds epoch {self.epoch - 1}"
+                )
+            self.scheduler.step(valid_loss)
+            improved = valid_loss <= self.best_valid - MIN_DELTA
+            if improved:
+                self.best_valid, self.best_epoch = valid_loss, self.epoch
+            row.update(time_s=time.perf_counter() - start, steps=self.steps, best=int(improved),
+                       best_valid_loss=self.best_valid)  # fmt: skip
+            self.history.append(row)
+            if self.epoch - self.best_epoch >= self.tcfg.early_stop:
+                self.stop_reason = "early_stop"
+            elif max_epochs is not None and self.epoch >= max_epochs:
+                self.stop_reason = "max_epochs"
+            self._save_epoch(improved, valid_loss)
+            log.info(
+                "epoch %d: train %.4f, valid %.4f (best %.4f at epoch %d), lr %.2e, %.1fs",
+                self.epoch, row["train_total"], valid_loss, self.best_valid, self.best_epoch, lr, row["time_s"],
+            )  # fmt: skip
+            epochs_bar.update(1)
+            epochs_bar.set_postfix(valid=f"{valid_loss:.4f}", best=f"{self.best_valid:.4f}")
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(self, row)
+        epochs_bar.close()
+        log.info("stopped after epoch %d (%s); best epoch %d", self.epoch, self.stop_reason, self.best_epoch)
+        test_metrics = self.test() if main else None
+        if self.dist.enabled:
+            dist.barrier()
+        return RunResult(self.run_dir, self.seed, test_metrics, self.best_epoch, self.epoch, self.stop_reason,
+                         self.history, self.model)  # fmt: skip
+
+    def test(self) -> dict[str, Any]:
+        """Load the best weights, evaluate the test split once, write test_metrics.json and test_predictions.csv."""
+        best = self.run_dir / runs.BEST
+        if best.is_file():
+            self.model.load_state_dict(runs.load_checkpoint(best, map_location=self.device)["model"])
+        self.model.eval()
+        pred = predict(self.model, self.dataset["test"], self.device, batch_size=self._eval_bs(), bf16=self.tcfg.bf16)
+        metrics = {**evaluation_scores(pred), "best_epoch": self.best_epoch, "epochs": self.epoch,
+                   "stop_reason": self.stop_reason, "seed": self.seed}  # fmt: skip
+        runs.write_csv(self.run_dir / runs.TEST_PREDICTIONS, pred.rows())
+        runs.write_json(self.run_dir / runs.TEST_METRICS, metrics)
+        log.info("test (best epoch %d): %s", self.best_epoch,
+                 ", ".join(f"{k} {metrics[k]:.4f}" for k in ("MAE", "Corr", "Non0_acc_2", "Mult_acc_7")))  # fmt: skip
+        return metrics
+
+
+def train(
+    model_config: DMDConfig | None,
+    dataset_or_path: MMSADataset | str | Path,
+    train_config: TrainConfig | None = None,
+    run_dir: str | Path = "runs/dmd",
+    seed: int | None = None,
+    device: str | torch.device | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch_end: Callable[[Trainer, dict], None] | None = None,
+    text: str = "auto",
+    mmap_dir: str | None = None,
+) -> RunResult:
+    """Train one seed and write the run folder ``run_dir`` (see :mod:`dmd_core.runs`).
+
+    ``model_config`` None: the dataset's suggested preset. ``dataset_or_path``: an
+    :class:`~dmd_core.data.MMSADataset` or the path of an MMSA pickle (loaded with ``text``
+    and ``mmap_dir``). ``seed`` None: ``train_config.seeds[0]``. ``device`` None: CUDA, then
+    MPS, then CPU. ``resume``: continue from ``run_dir/last.pt`` when it exists.
+    """
+    train_config = train_config or TrainConfig()
+    ds, cfg = open_dataset(dataset_or_path, model_config, text, mmap_dir)
+    seed = train_config.seeds[0] if seed is None else seed
+    trainer = Trainer(cfg, ds, train_config, run_dir, seed, device=device, progress=progress,
+                      on_epoch_end=on_epoch_end, data_ref=data_reference(dataset_or_path))  # fmt: skip
+    try:
+        return trainer.fit(resume=resume)
+    finally:
+        if trainer.dist.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@dataclass
+class SeedsResult:
+    """What :func:`train_seeds` returns: per-seed results (this rank's) and the summary (rank 0)."""
+
+    run_dir: Path
+    results: dict[int, RunResult]
+    summary: dict[str, Any] | None
+
+    @property
+    def runs(self) -> runs.SeedRuns:
+        return runs.load_seeds(self.run_dir)
+
+
+def train_seeds(
+    model_config: DMDConfig | None,
+    dataset_or_path: MMSADataset | str | Path,
+    train_config: TrainConfig | None = None,
+    run_dir: str | Path = "runs/dmd",
+    seeds: Sequence[int] | None = None,
+    device: str | torch.device | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    parallel: bool = False,
+    text: str = "auto",
+    mmap_dir: str | None = None,
+) -> SeedsResult:
+    """Train several seeds (default ``train_config.seeds``, 1111-1115) into ``run_dir/seed_<n>/``.
+
+    Writes ``summary.json`` and ``summary.csv``: mean and std (ddof=0) over seeds of every test
+    metric. ``parallel=True`` under torchrun: rank r trains seeds r, r+W, ... on its own device
+    (no DDP); otherwise each seed uses every rank (DDP) in turn.
+    """
+    train_config = train_config or TrainConfig()
+    seeds = tuple(train_config.seeds if seeds is None else seeds)
+    ds, cfg = open_dataset(dataset_or_path, model_config, text, mmap_dir)
+    run_dir = Path(run_dir)
+    info, dev = init_distributed(device)
+    mine = seeds[info.rank :: info.world_size] if parallel else seeds
+    results = {}
+    try:
+        for seed in tqdm(mine, desc="seeds", disable=not progress or not info.is_main or len(mine) < 2):
+            trainer = Trainer(cfg, ds, train_config, runs.seed_dir(run_dir, seed), seed, device=dev,
+                              progress=progress and info.is_main, data_ref=data_reference(dataset_or_path),
+                              distributed=not parallel)  # fmt: skip
+            results[seed] = trainer.fit(resume=resume)
+        if info.enabled:
+            dist.barrier()
+        summary = None
+        if info.is_main:
+            per_seed = {s: runs.read_json(runs.seed_dir(run_dir, s) / runs.TEST_METRICS) for s in seeds}
+            names = [*METRIC_NAMES, "loss"]
+            summary = runs.write_summary(run_dir, {s: {k: m[k] for k in names} for s, m in per_seed.items()})
+            means = ", ".join(f"{k} {summary['metrics'][k]['mean']:.4f}" for k in ("MAE", "Non0_acc_2", "Mult_acc_7"))
+            log.info("%d seeds: %s", len(seeds), means)
+    finally:
+        if info.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+    return SeedsResult(run_dir, results, summary)
