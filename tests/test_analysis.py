@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dmd_core import analysis
+from dmd_core import analysis, book
 from dmd_core.config import TrainConfig, preset
 from dmd_core.distill import EDGE_NAMES, GraphDistillation
 from dmd_core.model import DMD
@@ -25,8 +25,8 @@ def work(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def settings(work) -> analysis.BookSettings:
-    return analysis.BookSettings(work_dir=str(work), scale=0.02, epochs=1, seeds=[7, 8], lr=1e-3, accumulation=1,
+def settings(work) -> book.BookSettings:
+    return book.BookSettings(work_dir=str(work), scale=0.02, epochs=1, seeds=[7, 8], lr=1e-3, accumulation=1,
                                  **TINY)  # fmt: skip
 
 
@@ -44,7 +44,7 @@ def ds(settings, data_file):
 
 
 def test_paper_scale_restores_the_recipe_full_data_and_five_seeds():
-    s = analysis.BookSettings(
+    s = book.BookSettings(
         paper_scale=True, d=16, nlevels=1, lr=1e-3, accumulation=1, epochs=3, scale=0.1, threads=1
     )
     assert (s.scale, s.epochs, s.d, s.heads, s.nlevels, s.lr, s.accumulation) == (
@@ -62,19 +62,19 @@ def test_paper_scale_restores_the_recipe_full_data_and_five_seeds():
 
 
 def test_settings_from_notebook_parameters_ignore_other_names():
-    s = analysis.BookSettings.from_namespace({"device": "cpu", "seeds": [1, 2], "epochs": None, "plt": object()})
+    s = book.BookSettings.from_namespace({"device": "cpu", "seeds": [1, 2], "epochs": None, "plt": object()})
     assert s.device == "cpu" and s.seeds == (1, 2) and s.epochs is None
 
 
 def test_settings_reject_bad_scale_and_empty_seeds():
     with pytest.raises(ValueError, match="scale"):
-        analysis.BookSettings(scale=0)
+        book.BookSettings(scale=0)
     with pytest.raises(ValueError, match="seeds"):
-        analysis.BookSettings(seeds=[])
+        book.BookSettings(seeds=[])
 
 
 def test_train_config_maps_epochs_and_keeps_the_recipe_where_unset():
-    tc = analysis.BookSettings(epochs=5, lr=None, accumulation=None, seeds=[3]).train_config()
+    tc = book.BookSettings(epochs=5, lr=None, accumulation=None, seeds=[3]).train_config()
     assert (tc.max_epochs, tc.lr, tc.accumulation, tc.seeds) == (5, 1e-4, 10, (3,))
 
 
@@ -82,7 +82,7 @@ def test_model_config_applies_the_size_overrides(settings, ds):
     cfg = settings.model_config(ds)
     assert (cfg.d, cfg.heads, cfg.nlevels) == (8, 2, 1)
     assert cfg.seq_lens == ds.seq_lens and cfg.bert is None
-    assert analysis.BookSettings().model_config(ds).d == preset("mosi").d
+    assert book.BookSettings().model_config(ds).d == preset("mosi").d
 
 
 def test_synthetic_file_is_written_once_and_variants_are_separate_files(settings, data_file):
@@ -94,9 +94,9 @@ def test_synthetic_file_is_written_once_and_variants_are_separate_files(settings
 
 
 def test_a_real_data_path_is_used_as_given_and_must_exist(tmp_path, data_file):
-    assert analysis.BookSettings(data_path=str(data_file)).data_file() == data_file
+    assert book.BookSettings(data_path=str(data_file)).data_file() == data_file
     with pytest.raises(FileNotFoundError, match="data_path"):
-        analysis.BookSettings(data_path=str(tmp_path / "missing.pkl")).data_file()
+        book.BookSettings(data_path=str(tmp_path / "missing.pkl")).data_file()
 
 
 def test_mmap_dir_loads_memory_mapped_arrays(settings, data_file, tmp_path):
@@ -147,20 +147,20 @@ def test_describe_mmsa_lists_every_key_of_every_split(data_file):
 
 
 def test_real_data_table_holds_the_official_split_sizes():
-    table = analysis.real_data_table()
+    table = book.real_data_table()
     assert tuple(table.loc[("MOSI", "aligned_50"), ["train", "valid", "test"]]) == (1284, 229, 686)
     assert tuple(table.loc[("MOSEI", "unaligned_50"), ["train", "valid", "test"]]) == (16326, 1871, 4659)
 
 
 def test_layout_example_shows_fixed_and_own_lengths(settings):
-    norms = analysis.layout_example(settings)
+    norms = book.layout_example(settings)
     assert {len(v) for v in norms["aligned_50"].values()} == {50}
     assert [len(norms["unaligned_50"][m]) for m in "LVA"] == [50, 500, 375]
     assert norms["aligned_50"]["A"][0] == 0  # [CLS] position is zero in aligned files
 
 
 def test_synth_parameters_report_the_planted_strengths(ds):
-    table = analysis.synth_parameters(ds)
+    table = book.synth_parameters(ds)
     assert table.loc["strengths", "value"] == str((1.5, 0.6, 0.4))
     assert "best linear R^2, L" in table.index
 
@@ -216,19 +216,19 @@ def test_shape_table_and_toy_decoupled(settings, ds):
     batch = next(ds["test"].batches(3))
     with torch.no_grad():
         dec = model.decouple(batch.text, batch.audio, batch.vision)
-    table = analysis.shape_table(dec, cfg)
+    table = book.shape_table(dec, cfg)
     assert table.loc["L", "shared c"] == (3, 8, cfg.conv_lens[0]) and table.loc["A", "T_m"] == cfg.conv_lens[2]
-    toy = analysis.toy_decoupled(torch.ones(2, 3, 1), torch.zeros(2, 3, 1))
+    toy = book.toy_decoupled(torch.ones(2, 3, 1), torch.zeros(2, 3, 1))
     assert toy.private["V"].shape == (2, 3, 1) and toy.shared["A"].sum() == 0
 
 
 def test_similarity_verdict_depends_on_the_numbers():
     good = pd.DataFrame({"untrained": [0.1, 0.1], "trained": [0.6, 0.1]}, index=["shared", "private"])
     bad = pd.DataFrame({"untrained": [0.1, 0.1], "trained": [0.1, 0.5]}, index=["shared", "private"])
-    assert "clearly more alike than the private" in analysis.similarity_verdict(good)
+    assert "clearly more alike than the private" in book.similarity_verdict(good)
     little = pd.DataFrame({"untrained": [-0.1, -0.07], "trained": [0.0, -0.02]}, index=["shared", "private"])
-    assert "a little closer" in analysis.similarity_verdict(little)
-    assert "did not" in analysis.similarity_verdict(bad)
+    assert "a little closer" in book.similarity_verdict(little)
+    assert "did not" in book.similarity_verdict(bad)
 
 
 # --------------------------------------------------------------------------- chapter 3
@@ -261,7 +261,7 @@ def test_attention_weights_are_what_the_attention_layer_applies():
 
 def test_gd_unit_table_contrasts_the_two_units():
     model = DMD(preset("mosi", True, text_dim=12, d=8, heads=2, nlevels=1))
-    table = analysis.gd_unit_table(model)
+    table = book.gd_unit_table(model)
     assert table.loc["prior favours", "HomoGD"] == "L->V, L->A"
     assert table.loc["prior favours", "HeteroGD"] == "L->V, L->A, V->A"
     assert table.loc["representation size H", "HeteroGD"] == 16
@@ -273,19 +273,19 @@ def test_gd_unit_table_contrasts_the_two_units():
 
 def test_recipe_table_and_note_name_every_departure_from_the_recipe(settings, ds):
     cfg, tc = settings.model_config(ds), settings.train_config()
-    table = analysis.recipe_table(cfg, tc, preset("mosi"))
+    table = book.recipe_table(cfg, tc, preset("mosi"))
     assert table.loc["learning rate", "this run"] == "0.001" and table.loc["learning rate", "paper"] == "0.0001"
-    note = analysis.recipe_note(settings, cfg, tc)
+    note = book.recipe_note(settings, cfg, tc)
     assert "smaller model" in note and "every mini-batch" in note and "at most 1 epoch;" in note
-    official = analysis.BookSettings(paper_scale=True)
-    assert "follows the published recipe" in analysis.recipe_note(official, preset("mosi"), official.train_config())
+    official = book.BookSettings(paper_scale=True)
+    assert "follows the published recipe" in book.recipe_note(official, preset("mosi"), official.train_config())
 
 
 def test_results_table_gives_percent_mean_std_and_the_papers_numbers():
     metrics = pd.DataFrame({"seed": [1, 2], "Non0_acc_2": [0.8, 0.9], "Non0_F1_score": [0.8, 0.9],
                             "Mult_acc_7": [0.3, 0.4], "Has0_acc_2": [0.7, 0.7], "MAE": [1.0, 0.8],
                             "Corr": [0.5, 0.6]})  # fmt: skip
-    table = analysis.results_table(SimpleNamespace(test_metrics=metrics), "mosi")
+    table = book.results_table(SimpleNamespace(test_metrics=metrics), "mosi")
     assert table.loc["Non0_acc_2", "mean"] == pytest.approx(85.0)
     assert table.loc["Non0_acc_2", "std"] == pytest.approx(5.0)
     assert table.loc["Non0_acc_2", "paper"] == 86.0 and table.loc["Mult_acc_7", "name"] == "Acc-7"
@@ -293,8 +293,8 @@ def test_results_table_gives_percent_mean_std_and_the_papers_numbers():
 
 
 def test_honest_note_says_synthetic_numbers_are_not_comparable():
-    assert "say nothing about how DMD compares" in analysis.honest_note(analysis.BookSettings())
-    assert "data_path" in analysis.honest_note(analysis.BookSettings(data_path="x.pkl"))
+    assert "say nothing about how DMD compares" in book.honest_note(book.BookSettings())
+    assert "data_path" in book.honest_note(book.BookSettings(data_path="x.pkl"))
 
 
 # --------------------------------------------------------------------------- chapter 5
@@ -382,19 +382,19 @@ def test_final_edges_are_the_last_epochs_validation_means():
     assert analysis.run_edges(run, "homo", "test").sum() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="source"):
         analysis.run_edges(run, "homo", "best")
-    assert "agree more" in analysis.agreement_verdict({"HomoGD": -0.8})
-    assert "the opposite" in analysis.agreement_verdict({"HeteroGD": 0.9})
-    assert "no clear relation" in analysis.agreement_verdict({"HomoGD": 0.1})
+    assert "agree more" in book.agreement_verdict({"HomoGD": -0.8})
+    assert "the opposite" in book.agreement_verdict({"HeteroGD": 0.9})
+    assert "no clear relation" in book.agreement_verdict({"HomoGD": 0.1})
 
 
 def test_verdicts_report_what_came_out():
     pattern = pd.Series([0.05, 0.05, 0.35, 0.05, 0.4, 0.1], index=list(EDGE_NAMES))
     hetero = pd.Series([0.05, 0.05, 0.25, 0.05, 0.3, 0.3], index=list(EDGE_NAMES))
-    assert analysis.edge_verdict(pattern, hetero).startswith("As in the paper")
+    assert book.edge_verdict(pattern, hetero).startswith("As in the paper")
     flat = pd.Series([0.3, 0.3, 0.1, 0.1, 0.1, 0.1], index=list(EDGE_NAMES))
-    assert "Unlike the paper" in analysis.edge_verdict(flat, hetero)
-    assert "from the prior" in analysis.prior_verdict(0.01)
-    assert "survives" in analysis.prior_verdict(0.9)
+    assert "Unlike the paper" in book.edge_verdict(flat, hetero)
+    assert "from the prior" in book.prior_verdict(0.01)
+    assert "survives" in book.prior_verdict(0.9)
     names = [
         "language signal, paper prior",
         "language signal, no prior",
@@ -403,20 +403,20 @@ def test_verdicts_report_what_came_out():
     ]
     summary = pd.DataFrame({"homo A": [0.02, 0.30, 0.02, 0.40], "hetero A": [0.1, 0.3, 0.1, 0.5],
                             "homo L": [0.96, 0.3, 0.95, 0.2]}, index=names)  # fmt: skip
-    verdict = analysis.follow_verdict(summary)
+    verdict = book.follow_verdict(summary)
     assert verdict.startswith("Without a prior the graph does turn towards audio")
     assert "+0.100 in HomoGD and +0.200 in HeteroGD" in verdict and "the prior, not the data, decides" in verdict
     summary.loc["audio signal, no prior", "hetero A"] = 0.29
-    assert "only in HomoGD" in analysis.follow_verdict(summary)
+    assert "only in HomoGD" in book.follow_verdict(summary)
     summary.loc["audio signal, no prior", "homo A"] = 0.301
-    assert analysis.follow_verdict(summary).startswith("Even without a prior the graph does not turn")
-    assert analysis.follow_verdict(summary.iloc[:2]) == ""
+    assert book.follow_verdict(summary).startswith("Even without a prior the graph does not turn")
+    assert book.follow_verdict(summary.iloc[:2]) == ""
     agree = pd.DataFrame({"mean weight": [0.1, 0.2, 0.7], "mean |logit difference|": [3.0, 2.0, 1.0]})
-    text = analysis.takeaway(0.01, summary, {"HomoGD": agree, "HeteroGD": agree})
+    text = book.takeaway(0.01, summary, {"HomoGD": agree, "HeteroGD": agree})
     assert "mostly a picture of its prior" in text and "already agree" in text and "does not turn" in text
-    assert "most of language's lead survives" in analysis.takeaway(0.9, summary, {})
-    assert "hardly moved" in analysis.takeaway(0.9, summary, {}, with_prior=0.34)
-    assert "says little" in analysis.prior_verdict(0.9, with_prior=0.34)
+    assert "most of language's lead survives" in book.takeaway(0.9, summary, {})
+    assert "hardly moved" in book.takeaway(0.9, summary, {}, with_prior=0.34)
+    assert "says little" in book.prior_verdict(0.9, with_prior=0.34)
 
 
 def test_edge_discrepancy_pairs_each_edges_weight_with_its_logit_gap(settings, ds):
@@ -452,10 +452,10 @@ def test_ablation_table_and_verdict_compare_against_seed_noise():
     assert table.loc["DMD (full)", "Non0_acc_2 mean"] == pytest.approx(81.0)
     assert table.loc["DMD (full)", "Non0_acc_2 std"] == pytest.approx(1.0)
     assert table.loc["DMD (full)", "MAE mean"] == pytest.approx(0.75) and table.loc["DMD (full)", "seeds"] == 2
-    shown = analysis.ablation_display(table)
+    shown = book.ablation_display(table)
     assert shown.loc["DMD (full)", "Acc-2 (%)"] == "81.0 ± 1.0" and shown.loc["DMD (full)", "MAE"] == "0.750 ± 0.050"
-    verdict = analysis.ablation_verdict(table)
+    verdict = book.ablation_verdict(table)
     assert "without decoupling losses: +0.5 points, within two standard deviations" in verdict
     assert "without graph distillation: -11.0 points, beyond two standard deviations" in verdict
     one = analysis.ablation_table({k: _seed_runs([0.8], [0.7]) for k in ("a", "b")})
-    assert "one seed" in analysis.ablation_verdict(one)
+    assert "one seed" in book.ablation_verdict(one)

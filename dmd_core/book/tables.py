@@ -1,0 +1,154 @@
+"""Tables the chapters display: data sizes, shapes, the recipe, results against the paper."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..config import FEATURE_DIMS, MODALITIES, SEQ_LENS, SPLIT_SIZES, DMDConfig, TrainConfig
+from ..distill import EDGE_NAMES
+
+if TYPE_CHECKING:
+    from ..data import MMSADataset
+    from ..model import DMD
+    from ..runs import SeedRuns
+    from .settings import BookSettings
+
+log = logging.getLogger(__name__)
+
+
+# DMD's reported results (Acc-7 / Acc-2 / F1 in %, BERT features, aligned; spec section 13).
+PAPER_RESULTS = {
+    "mosi": {"Mult_acc_7": 45.6, "Non0_acc_2": 86.0, "Non0_F1_score": 86.0},
+    "mosei": {"Mult_acc_7": 54.5, "Non0_acc_2": 86.6, "Non0_F1_score": 86.6},
+}
+
+
+PAPER_METRIC_NAMES = {"Mult_acc_7": "Acc-7", "Non0_acc_2": "Acc-2", "Non0_F1_score": "F1"}
+
+
+def real_data_table() -> pd.DataFrame:
+    """Split sizes, sequence lengths and feature sizes of the real MMSA files (the book's data-format page)."""
+    rows = []
+    for (name, aligned), lens in SEQ_LENS.items():
+        rows.append((name.upper(), "aligned_50" if aligned else "unaligned_50", *SPLIT_SIZES[name],
+                     " / ".join(map(str, lens)), " / ".join(map(str, FEATURE_DIMS[name]))))  # fmt: skip
+    columns = ["dataset", "file", "train", "valid", "test", "steps L / V / A", "features L / V / A"]
+    return pd.DataFrame(rows, columns=columns).set_index(["dataset", "file"])
+
+
+def layout_example(settings: BookSettings, sample: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """Feature norms per time step of one training sample in an aligned and an unaligned synthetic file.
+
+    Writes two small synthetic files (2 % of the real sizes) of the settings' dataset.
+    """
+    out = {}
+    for aligned in (True, False):
+        small = settings.replace(aligned=aligned, data_path=None, scale=0.02)
+        ds = small.load(small.data_file("layout"), text="features")
+        split = ds["train"]
+        x = {"L": split.text, "V": split.vision, "A": split.audio}
+        title = "aligned_50" if aligned else "unaligned_50"
+        out[title] = {m: torch.as_tensor(np.asarray(v[sample])).float().norm(dim=-1).numpy() for m, v in x.items()}
+    return out
+
+
+def synth_parameters(ds: MMSADataset) -> pd.DataFrame:
+    """The generator parameters stored in a synthetic file (its ``synth`` key), one row each."""
+    info = ds.extra.get("synth")
+    if not info:
+        return pd.DataFrame({"value": ["not a synthetic file (no 'synth' key)"]}, index=["file"])
+    spec = dict(info.get("spec", {}))
+    rows = {k: (str(tuple(v)) if isinstance(v, (list, tuple)) else str(v)) for k, v in spec.items()}
+    for m, r2 in (info.get("linear_r2") or {}).items():
+        rows[f"best linear R^2, {m}"] = f"{float(r2):.3f}"
+    return pd.DataFrame({"value": rows})
+
+
+def shape_table(dec: Any, config: DMDConfig) -> pd.DataFrame:
+    """Shapes of the decoupled tensors of one batch, per modality (rows) and tensor (columns)."""
+    names = {"x": "projection x", "private": "private s", "shared": "shared c", "recon": "reconstruction",
+             "shared_sim": "margin projection"}  # fmt: skip
+    table = {label: {m: tuple(getattr(dec, key)[m].shape) for m in MODALITIES} for key, label in names.items()}
+    frame = pd.DataFrame(table)
+    frame.insert(0, "T_m", list(config.conv_lens))
+    return frame
+
+
+def toy_decoupled(private: torch.Tensor, shared: torch.Tensor) -> Any:
+    """A :class:`~dmd_core.model.Decoupled` whose three modalities all hold ``private``/``shared`` ``(B, d, T)``."""
+    from ..model import Decoupled
+
+    same = {m: private for m in MODALITIES}
+    return Decoupled(x=same, private=same, shared={m: shared for m in MODALITIES}, recon=same,
+                     private_cycle=same, shared_sim={}, private_proj={})  # fmt: skip
+
+
+def gd_unit_table(model: DMD) -> pd.DataFrame:
+    """How HomoGD and HeteroGD differ (inputs, sizes, prior, representation distance, weights)."""
+    rows = {}
+    for title, unit, branch in (("HomoGD", model.homo_gd, "homogeneous: heads on shared c_m"),
+                                ("HeteroGD", model.hetero_gd, "heterogeneous: cross-modal heads on private s_m")):  # fmt: skip
+        favoured = [e for e, p in zip(EDGE_NAMES, unit.prior.tolist()) if p > 1 / 6]
+        rows[title] = {
+            "reads": branch,
+            "representation size H": unit.W_repr.in_features,
+            "embedding size g": unit.W_logit.out_features,
+            "prior favours": ", ".join(favoured) or "none (uniform)",
+            "representation distance": {"l1": "L1 (summed |difference|)", "cosine": "cosine, target -1"}[
+                unit.repr_distance
+            ],
+            "representation loss in total": bool(unit.repr_in_total),
+            "unit weight": unit.weight,
+        }
+    return pd.DataFrame(rows)
+
+
+def recipe_table(config: DMDConfig, train_config: TrainConfig, official: DMDConfig) -> pd.DataFrame:
+    """This run's settings beside the published recipe and model (rows: setting)."""
+    recipe = TrainConfig()
+    rows = {
+        "model width d": (config.d, official.d), "heads": (config.heads, official.heads),
+        "Transformer layers": (config.nlevels, official.nlevels),
+        "text": ("BERT, fine-tuned" if config.use_bert else "stored BERT features", "BERT, fine-tuned"),
+        "batch size": (train_config.batch_size, recipe.batch_size), "learning rate": (train_config.lr, recipe.lr),
+        "mini-batches per step": (train_config.accumulation, recipe.accumulation),
+        "gradient clip (value)": (train_config.grad_clip, recipe.grad_clip),
+        "epochs": (train_config.max_epochs or "early stopping", "early stopping (patience 10)"),
+        "seeds": (", ".join(map(str, train_config.seeds)), ", ".join(map(str, recipe.seeds))),
+    }  # fmt: skip
+    return pd.DataFrame(rows, index=["this run", "paper"]).T.astype(str)
+
+
+def results_table(seed_runs: SeedRuns, dataset: str) -> pd.DataFrame:
+    """Mean and std over seeds of the test metrics (accuracies and F1 in %), beside the paper's numbers."""
+    per_seed = seed_runs.test_metrics
+    rows = {}
+    for metric in ("Non0_acc_2", "Non0_F1_score", "Mult_acc_7", "Has0_acc_2", "MAE", "Corr"):
+        scale = 100.0 if metric not in ("MAE", "Corr") else 1.0
+        values = per_seed[metric].astype(float) * scale
+        rows[metric] = {
+            "name": PAPER_METRIC_NAMES.get(metric, metric),
+            "mean": float(values.mean()),
+            "std": float(values.std(ddof=0)),
+            "paper": PAPER_RESULTS.get(dataset, {}).get(metric, float("nan")),
+        }
+    return pd.DataFrame(rows).T.astype({"mean": float, "std": float, "paper": float})
+
+
+def ablation_display(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`ablation_table` as readable ``"mean ± std"`` strings (accuracies and F1 in %)."""
+    names = {"Non0_acc_2": "Acc-2 (%)", "Non0_F1_score": "F1 (%)", "Mult_acc_7": "Acc-7 (%)", "MAE": "MAE",
+             "Corr": "Corr"}  # fmt: skip
+    out = pd.DataFrame(index=table.index)
+    for metric, label in names.items():
+        digits = 3 if metric in ("MAE", "Corr") else 1
+        out[label] = [
+            f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in zip(table[f"{metric} mean"], table[f"{metric} std"])
+        ]
+    out["seeds"] = table["seeds"].astype(int)
+    return out
