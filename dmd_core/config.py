@@ -1,6 +1,6 @@
 """Configuration of a DMD model: frozen dataclasses and the official presets.
 
-Every number of the published recipe lives here (spec section 12), so that no
+Every number of the published recipe lives here (the book's method reference, "Hyper-parameters"), so that no
 user ever edits a source file. Modality order everywhere is L, V, A.
 """
 
@@ -102,7 +102,7 @@ class DMDConfig(_Config):
     attn_mask: bool = True
     # Text: through BERT (token ids, mask, segments) or stored features.
     bert: BertSpec | None = None
-    # Graph distillation (spec section 9).
+    # Graph distillation (method reference: "Graph distillation (GD-Unit)").
     homo_gd_size: int = 64
     hetero_gd_size: int = 32
     gd_alpha: float = 1 / 8
@@ -115,7 +115,7 @@ class DMDConfig(_Config):
     hetero_prior: tuple[float, ...] = (0, 0, 1, 0, 1, 1)  # L->V, L->A, V->A
     # The reference computes HomoGD's representation loss but never adds it.
     homo_repr_in_total: bool = False
-    # Loss weights (spec section 10): task + GD + w_dec*(cycle + recon + w_sim*(margin + ort)).
+    # Loss weights (method reference: "Task loss and total loss"): task + GD + w_dec*(cycle + recon + w_sim*(margin + ort)).
     decouple_weight: float = 0.1
     sim_weight: float = 0.1
     margin_scale: float = 0.15
@@ -151,7 +151,7 @@ class DMDConfig(_Config):
     def conv_lens(self) -> tuple[int, int, int]:
         """Time steps after the temporal projection (L, V, A): ``T_m = L_m - k_m + 1``.
 
-        When a modality already has width ``d`` the projection is skipped (spec section 2) and
+        When a modality already has width ``d`` the projection is skipped (method reference: "Temporal projection") and
         ``T_m = L_m``.
         """
         return tuple(  # type: ignore[return-value]
@@ -218,7 +218,7 @@ def preset(
 
 @dataclass(frozen=True)
 class TrainConfig(_Config):
-    """The optimisation recipe (spec section 11) plus the knobs a tutorial needs.
+    """The optimisation recipe (method reference: "Training recipe") plus the knobs a tutorial needs.
 
     Recipe: Adam (no weight decay) over the model and both GD-Units; gradients of
     ``accumulation`` mini-batches are summed (the loss is not divided) and clipped by

@@ -1,4 +1,5 @@
-"""Graph distillation: the GD-Unit, one class for HomoGD and HeteroGD (spec section 9).
+"""Graph distillation: the GD-Unit, one class for HomoGD and HeteroGD (the book's method reference,
+"Graph distillation (GD-Unit)").
 
 A GD-Unit looks at the three modalities' logits and representations, scores
 the six directed edges ``i -> j`` (teacher ``i`` distils into student ``j``),

@@ -1,4 +1,4 @@
-"""Regression metrics exactly as MMSA defines them (``/work/shared/spec/mmsa-format.md``).
+"""Regression metrics exactly as MMSA defines them (the book's data-format page, "Metrics").
 
 On the whole split, predictions and labels flattened:
 

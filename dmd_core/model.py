@@ -1,4 +1,5 @@
-"""The DMD network (spec sections 1-8), one module holding both GD-Units.
+"""The DMD network, one module holding both GD-Units (the book's method reference, "Inputs and text
+encoder" through "Final fusion and prediction").
 
 Reading order: :class:`TextEncoder` (BERT or stored features), then
 :class:`DMD.forward`: temporal projection -> decoupling into private ``s_m``
@@ -171,7 +172,7 @@ class DMD(nn.Module):
         return text if self.text_encoder is None else self.text_encoder(text)
 
     def decouple(self, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor) -> Decoupled:
-        """Temporal projection and decoupling (spec sections 2-3)."""
+        """Temporal projection and decoupling (method reference: "Temporal projection", "Decoupling")."""
         inputs = {"L": self.text_features(text), "V": vision, "A": audio}  # (B, L_m, d_m)
         x, s, c, recon, cycle, sim, proj = {}, {}, {}, {}, {}, {}, {}
         for m in MODALITIES:

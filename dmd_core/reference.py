@@ -289,31 +289,3 @@ def probe(
         "margin_loss": margin_loss(torch.stack([dec.shared_sim[m] for m in MODALITIES]), labels),
         "ort_loss_batch_axis": orthogonality_loss(dec, "batch"),
     }
-
-
-def reference_margin_loss(features: torch.Tensor, labels: torch.Tensor, scale: float = 0.15) -> torch.Tensor:
-    """The margin loss as the spec defines it and the reference computes it: a Python loop over anchors.
-
-    Kept as the executable definition that :func:`dmd_core.losses.margin_loss` is tested
-    and benchmarked against. ``features (3, B, d)`` stacked L, V, A; ``labels (B,)`` or ``(B, 1)``.
-    """
-    n_mod, batch, dim = features.shape
-    x = features.transpose(0, 1).reshape(-1, dim)  # sample-major: L, V, A of sample 0, then 1, ...
-    y = labels.reshape(-1).to(x.dtype).repeat_interleave(n_mod)
-    n = x.shape[0]
-    norm = (x.pow(2).sum(1) + 1e-8).sqrt().clamp_min(1e-8)
-    off_diagonal = ~torch.eye(n, dtype=torch.bool)
-    cosine = ((x @ x.T) / (norm[:, None] * norm[None, :]))[off_diagonal].view(n, n - 1)
-    ids = y[None, :].expand(n, n)[off_diagonal].view(n, n - 1)
-    total, count = x.new_zeros(()), 0
-    for a in range(n):
-        same = ids[a] == y[a]
-        n_pos, n_neg = int(same.sum()), int((~same).sum())
-        if n_pos == 0 or n_neg == 0:
-            continue
-        pos = cosine[a, same].reshape(-1, 1)  # (P, 1)
-        neg = cosine[a, ~same].reshape(1, -1)  # (1, N)
-        margin = scale * (y[a] - ids[a, ~same]).abs().reshape(1, -1)
-        total = total + torch.clamp_min(margin - pos + neg, 0).mean()
-        count += 1
-    return total / max(count, 1)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-# DMD's reported results (Acc-7 / Acc-2 / F1 in %, BERT features, aligned; spec section 13).
+# DMD's reported results (Acc-7 / Acc-2 / F1 in %, BERT features, aligned; Table 1 of the paper).
 PAPER_RESULTS = {
     "mosi": {"Mult_acc_7": 45.6, "Non0_acc_2": 86.0, "Non0_F1_score": 86.0},
     "mosei": {"Mult_acc_7": 54.5, "Non0_acc_2": 86.6, "Non0_F1_score": 86.6},

@@ -4,7 +4,7 @@ r"""Synthetic MOSI / MOSEI files in the exact MMSA layout, with a planted, docum
 ``aligned_50.pkl`` / ``unaligned_50.pkl``; ``write_mmsa(path, spec)`` writes it
 (atomically, streaming one array at a time). ``dmd synth`` is the command line.
 
-Layout (identical to the MMSA files, ``mmsa-format.md``)
+Layout (identical to the MMSA files, the book's data-format page)
 --------------------------------------------------------
 Top level: ``train``, ``valid``, ``test`` and one extra key, ``synth`` (ignored by
 MMSA readers), holding the generator's parameters and every latent variable. Per
