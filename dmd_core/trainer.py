@@ -23,23 +23,7 @@ test split is not evaluated every epoch; only the best and the last checkpoints 
 ``max_epochs`` bounds a run. Gradients of every trainable parameter are clipped (the model
 and both GD-Units).
 
-``history.csv`` columns (one row per completed epoch):
-
-* ``epoch`` (1-based), ``lr`` (learning rate used in the epoch), ``time_s`` (train +
-  validation seconds), ``steps`` (optimizer steps so far), ``best`` (1 if this epoch set a
-  new best validation loss), ``best_valid_loss``;
-* ``train_<part>``: mean over the epoch's mini-batches of every loss part of
-  :class:`~dmd_core.losses.LossParts` (``train_total``, ``train_task``, ``train_recon``,
-  ``train_cycle``, ``train_ort``, ``train_margin``, ``train_homo_gd``, ``train_homo_reg``,
-  ``train_homo_logit``, ``train_homo_repr``, ``train_hetero_gd``, ``train_hetero_reg``,
-  ``train_hetero_logit``, ``train_hetero_repr``), in train mode (dropout on);
-* ``valid_loss`` (mean L1 of the prediction, the reference's validation loss) and
-  ``valid_<metric>`` for every metric of :func:`~dmd_core.metrics.regression_metrics`;
-* ``train_homo_<edge>``, ``train_hetero_<edge>``, ``valid_homo_<edge>``,
-  ``valid_hetero_<edge>`` for the six edges of :data:`~dmd_core.distill.EDGE_NAMES`
-  (``V->L``, ``A->L``, ``L->V``, ``A->V``, ``L->A``, ``V->A``: teacher -> student): the
-  normalised edge weight averaged over the split's samples (train: during the epoch, train
-  mode; valid: after it, eval mode). All six start near 1/6.
+The columns of ``history.csv`` are listed in :mod:`dmd_core.runs`.
 
 Determinism: one seed fixes the initial weights (Python, numpy, torch seeded), the dropout
 masks and the shuffling (a ``torch.Generator`` of the run). ``last.pt`` holds every RNG

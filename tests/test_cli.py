@@ -137,3 +137,22 @@ def test_wrong_alignment_and_unknown_config_fields_are_clear_errors(synth_file, 
         assert "--unaligned given, but the file is aligned" in caplog.text
         assert dmd("train", "--data", synth_file, "--set", "depth=3", "--out", tmp_path / "b", *TINY) == 2
         assert "--set 'depth=3'" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["synth", "--scale", "0", "--out", "{tmp}/x.pkl"], "scale"),
+        (["train", "--data", "{tmp}/missing.pkl"], "missing.pkl"),
+        (["test", "{tmp}"], "seed_"),
+    ],
+)
+def test_every_command_reports_a_bad_argument_in_one_line_without_a_traceback(tmp_path, argv, expected):
+    import subprocess
+    import sys
+
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    result = subprocess.run([sys.executable, "-m", "dmd_core.cli", *argv], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and expected in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1, result.stderr

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-import dmd_core.trainer
+import dmd_core.runs
 from dmd_core import runs
 from dmd_core.config import DMDConfig, TrainConfig
 from dmd_core.metrics import METRIC_NAMES
@@ -96,8 +96,8 @@ def test_load_run_gives_configs_history_metrics_predictions_and_models(tmp_path)
         runs.load_run(tmp_path / "runs")
 
 
-def test_every_history_column_is_documented_in_the_train_module():
-    doc = dmd_core.trainer.__doc__
+def test_every_history_column_is_documented_in_the_runs_module():
+    doc = dmd_core.runs.__doc__
     for name in ("epoch", "lr", "time_s", "steps", "best", "best_valid_loss", "valid_loss"):
         assert f"``{name}``" in doc
     from dmd_core.trainer import PARTS

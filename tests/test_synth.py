@@ -266,9 +266,11 @@ def test_spec_rejects_invalid_values_naming_the_field(field, value):
 
 
 def test_vocab_is_regenerated_when_the_asset_is_not_installed(tmp_path, monkeypatch):
-    monkeypatch.setattr(synth, "VOCAB_DIR", tmp_path / "absent")
+    from dmd_core.data import synth_vocab
+
+    monkeypatch.setattr(synth_vocab, "VOCAB_DIR", tmp_path / "absent")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    folder = synth.vocab_dir()
+    folder = synth_vocab.vocab_dir()
     assert folder == tmp_path / "cache" / "dmd_core" / "synth_wordpiece"
     assert (folder / "vocab.txt").read_text(encoding="utf-8").splitlines() == synth.build_vocab()
 

@@ -75,12 +75,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import time
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -89,6 +87,25 @@ import numpy as np
 from ..config import FEATURE_DIMS, MODALITIES, SEQ_LENS, SPLIT_SIZES
 from .dataset import SPLITS
 from .pickles import LazyArray, dump_mmsa
+from .synth_vocab import (  # noqa: F401
+    FILLERS,
+    INTENSIFIERS,
+    LEXICON,
+    NEUTRAL_TEMPLATES,
+    SENTIMENT_TEMPLATES,
+    SPECIAL_IDS,
+    THINGS,
+    TIMES,
+    TOPICS,
+    VOCAB_DIR,
+    VOCAB_SIZE,
+    all_words,
+    build_vocab,
+    n_real_vocab,
+    synth_tokenizer,  # fmt: skip
+    token_polarity,
+    vocab_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,102 +121,6 @@ _LABEL_MODEL = {
 _CHUNK = 256  # samples per random stream for the large arrays (output does not depend on memory)
 _WORDS_PER_SAMPLE = 12.0  # typical utterance, sets the frame rate of unaligned files
 _TEXT_A, _TEXT_B, _EMBED_STD, _POS_STD = 2.0, 0.5, 0.5, 0.1
-
-# ----------------------------------------------------------------------------- lexicon and vocabulary
-
-LEXICON: dict[int, tuple[str, ...]] = {
-    3: ("amazing", "excellent", "wonderful", "fantastic", "brilliant", "heartwarming"),
-    2: ("good", "enjoyable", "entertaining", "fun", "great"),
-    1: ("nice", "decent", "pleasant", "fine", "refreshing"),
-    -1: ("slow", "dull", "predictable", "forgettable", "overrated"),
-    -2: ("bad", "boring", "disappointing", "weak", "annoying"),
-    -3: ("terrible", "awful", "horrible", "unwatchable", "painful"),
-}
-TOPICS = ("movie", "film", "story", "plot", "acting", "ending", "soundtrack", "script", "cinematography",
-          "dialogue")  # fmt: skip
-FILLERS = ("um", "uh", "so", "well", "like", "you know", "basically")
-TIMES = ("yesterday", "last week", "last night", "this weekend", "a while ago", "on friday")
-THINGS = ("a family", "a dog", "a war", "space travel", "first love", "a bank heist", "two brothers",
-          "a small town", "zorblax the robot", "a haunted house")  # fmt: skip
-INTENSIFIERS = {1: ("",), 2: ("", "really"), 3: ("really", "so", "absolutely", "incredibly")}
-SENTIMENT_TEMPLATES = (
-    "i thought the {topic} was {adj}",
-    "the {topic} was {adj} {time}",
-    "honestly it was {adj}",
-    "i found the {topic} {adj}",
-    "it was a {adj} {topic} about {thing}",
-)
-NEUTRAL_TEMPLATES = (
-    "i watched the {topic} {time}",
-    "it is a {topic} about {thing}",
-    "the {topic} is about {thing}",
-    "i saw the {topic} with my friends {time}",
-)
-# Words the vocabulary holds only as WordPiece pieces (greedy longest match splits them so).
-_PIECES = ("heart", "##warming", "un", "##watch", "##able", "forget", "##table", "over", "##rated",
-           "disappoint", "entertain", "##ing", "refresh", "cinema", "##tography")  # fmt: skip
-_SPLIT_WORDS = {"heartwarming", "unwatchable", "forgettable", "overrated", "disappointing", "entertaining",
-                "refreshing", "cinematography", "zorblax"}  # fmt: skip
-_GRAMMAR_WORDS = ("i", "thought", "the", "was", "honestly", "it", "found", "a", "about", "watched", "is",
-                  "saw", "with", "my", "friends", "and", "then", "there", "also", "again", "robot")  # fmt: skip
-VOCAB_SIZE = 30522
-SPECIAL_IDS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103}
-VOCAB_DIR = Path(__file__).parents[1] / "assets" / "synth_wordpiece"  # holds vocab.txt
-
-
-def _all_words() -> list[str]:
-    words: set[str] = set(_GRAMMAR_WORDS)
-    for group in (*LEXICON.values(), TOPICS, FILLERS, TIMES, THINGS, *INTENSIFIERS.values()):
-        for phrase in group:
-            words.update(phrase.split())
-    return sorted(words - _SPLIT_WORDS)
-
-
-def build_vocab() -> list[str]:
-    """The synthetic WordPiece vocabulary: 30522 entries laid out like bert-base-uncased's.
-
-    ``[PAD]`` 0, ``[unused0..98]`` 1-99, ``[UNK]`` 100, ``[CLS]`` 101, ``[SEP]`` 102,
-    ``[MASK]`` 103, ``[unused99..993]`` 104-998, then single characters and their ``##``
-    continuations, the synthetic language's words and word pieces, and unused entries up to
-    30522. ``assets/synth_wordpiece/vocab.txt`` is this list, one entry per line.
-    """
-    vocab = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab += [f"[unused{i}]" for i in range(99, 994)]
-    chars = list("!\"#$%&'()*+,-./0123456789:;<=>?@[\\]^_`abcdefghijklmnopqrstuvwxyz{|}~")
-    vocab += chars + ["##" + c for c in chars if c.isalnum()]
-    vocab += [w for w in _all_words() if w not in vocab]
-    vocab += [p for p in _PIECES if p not in vocab]
-    used = len(vocab)
-    vocab += [f"[unused{i}]" for i in range(994, 994 + VOCAB_SIZE - used)]
-    assert len(vocab) == VOCAB_SIZE and len(set(vocab)) == VOCAB_SIZE
-    return vocab
-
-
-def vocab_dir() -> Path:
-    """Folder holding the synthetic ``vocab.txt`` (the packaged asset, or a regenerated copy)."""
-    if (VOCAB_DIR / "vocab.txt").is_file():
-        return VOCAB_DIR
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dmd_core" / "synth_wordpiece"
-    if not (cache / "vocab.txt").is_file():
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = cache / f"vocab.txt.tmp{os.getpid()}"
-        tmp.write_text("\n".join(build_vocab()) + "\n", encoding="utf-8")
-        os.replace(tmp, cache / "vocab.txt")
-    return cache
-
-
-@lru_cache(maxsize=1)
-def synth_tokenizer():
-    """``transformers.BertTokenizer`` (real WordPiece, lower-casing) over the synthetic vocabulary.
-
-    Loaded from a local folder holding only ``vocab.txt``; never touches the network.
-    """
-    from transformers import BertTokenizer
-
-    return BertTokenizer.from_pretrained(str(vocab_dir()), local_files_only=True, do_lower_case=True)
-
-
-# ----------------------------------------------------------------------------- the specification
 
 
 @dataclass(frozen=True)
@@ -346,37 +267,10 @@ def _world(spec: SynthSpec) -> _World:
         u[m], w[m] = basis[0], basis[1:]
         mu[m] = (0.5 * rng.standard_normal(dims[m])).astype(np.float32)
     u["L"] = _orthonormal(rng, dims["L"], 1)[0]
-    n_real = _n_real_vocab()
+    n_real = n_real_vocab()
     embed = (_EMBED_STD * rng.standard_normal((n_real, dims["L"]))).astype(np.float32)
     positions = (_POS_STD * rng.standard_normal((spec.seq_lens[0], dims["L"]))).astype(np.float32)
-    return _World(u=u, w=w, mu=mu, embed=embed, positions=positions, polarity=_token_polarity())
-
-
-def _n_real_vocab() -> int:
-    vocab = build_vocab()
-    return max(i for i, tok in enumerate(vocab) if not tok.startswith("[unused")) + 1
-
-
-@lru_cache(maxsize=1)
-def _token_polarity() -> np.ndarray:
-    """Polarity (level / 3) of the token each sentiment word starts with; 0 for every other token."""
-    tok = synth_tokenizer()
-    vocab = build_vocab()
-    index = {t: i for i, t in enumerate(vocab)}
-    pol = np.zeros(_n_real_vocab(), dtype=np.float32)
-    starts: dict[str, float] = {}
-    for level, words in LEXICON.items():
-        for word in words:
-            first = tok.tokenize(word)[0]
-            if first in starts and starts[first] != level / 3:
-                raise AssertionError(f"synth lexicon: token {first!r} starts words of different polarity")
-            starts[first] = level / 3
-            pol[index[first]] = level / 3
-    neutral = [w for w in _all_words() if not any(w in ws for ws in LEXICON.values())]
-    for word in neutral:
-        if tok.tokenize(word)[0] in starts:
-            raise AssertionError(f"synth lexicon: neutral word {word!r} starts like a sentiment word")
-    return pol
+    return _World(u=u, w=w, mu=mu, embed=embed, positions=positions, polarity=token_polarity())
 
 
 # ----------------------------------------------------------------------------- per-split generation
