@@ -32,7 +32,6 @@ import math
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, f1_score
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +74,8 @@ def regression_metrics(
 
     Returns a dict with the keys of :data:`METRIC_NAMES`, plain Python floats.
     """
+    from sklearn.metrics import accuracy_score, f1_score  # imported when first used (~1 s)
+
     p, t = _flat(pred), _flat(target)
     if p.shape != t.shape:
         raise ValueError(f"regression_metrics: pred has {p.size} values, target has {t.size}")
