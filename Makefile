@@ -12,7 +12,7 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup book test lint clean
+.PHONY: setup book test lint clean gpu-wheels gpu-check
 
 setup: $(STAMP)
 
@@ -35,3 +35,14 @@ lint: setup
 
 clean:
 	rm -rf _build book/executed runs
+
+# The GPU check (benchmarks/gpu_check.py): `make gpu-wheels` here downloads into .wheels/ what a bare GPU machine
+# without a package registry lacks (papermill, ipykernel, ...); `make gpu-check` there runs the check, see its
+# docstring (bring .wheels/ along and add GPU_CHECK_ARGS="--install-wheels .wheels" on a bare machine).
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+
+gpu-wheels:
+	$(GPU_PYTHON) benchmarks/gpu_check.py --download-wheels .wheels
+
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)

@@ -13,7 +13,8 @@ Steps:
 2. ``jupyter-book build . -W -n --keep-going --all`` renders the executed copies (the book
    executes nothing itself: ``execute_notebooks: "off"``), warnings as errors.
 3. :func:`check_book` fails the build when a code cell was not executed, an output is an
-   error or a traceback, or a page of ``_toc.yml`` has no HTML file.
+   error or a traceback, a page of ``_toc.yml`` has no HTML file, or a page loads MathJax from
+   outside the build (the book must render its math offline).
 
 Timings per chapter go to ``book/executed/timings.json``.
 """
@@ -69,13 +70,23 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def page_path(path: Path) -> str:
+    """``path`` relative to the repository root (the notebooks' working directory), so that no page
+    shows the build machine's absolute paths (the injected parameters, ``settings``); absolute only
+    where no relative path exists (another drive)."""
+    try:
+        return os.path.relpath(path, ROOT)
+    except ValueError:
+        return str(path)
+
+
 def chapter_parameters(name: str, ci: bool, work_dir: Path, overrides: dict[str, Any]) -> dict[str, Any]:
     """The papermill parameters of chapter ``name``: CI values (if asked), work dir, then overrides."""
     params: dict[str, Any] = {}
     if ci:
         params.update(CI_COMMON)
         params.update(CI_PARAMS.get(name, {}))
-    params["work_dir"] = str(work_dir)
+    params["work_dir"] = page_path(work_dir)
     params.update(overrides)
     return params
 
@@ -222,6 +233,21 @@ def notebook_problems(path: Path) -> list[str]:
     return problems
 
 
+def mathjax_problems(html: Path) -> list[str]:
+    """A page must load MathJax from the build itself: a relative ``src`` to a file that exists.
+
+    A MathJax from a CDN leaves the math as raw ``\\(...\\)`` when the book is read offline.
+    """
+    text = html.read_text(encoding="utf-8")
+    problems = []
+    for src in re.findall(r"<script[^>]*\bsrc=\"([^\"]*mathjax[^\"]*)\"", text, flags=re.IGNORECASE):
+        if re.match(r"^(https?:)?//", src):
+            problems.append(f"{html}: loads MathJax from {src} (not served by the book)")
+        elif not (html.parent / src.split("?")[0]).is_file():
+            problems.append(f"{html}: loads MathJax from {src}, which the build does not hold")
+    return problems
+
+
 def check_book(html_dir: Path = BUILD_DIR / "html", names: tuple[str, ...] = NOTEBOOKS) -> list[str]:
     """Every chapter executed without error and every ``_toc.yml`` page rendered to HTML."""
     problems = []
@@ -239,6 +265,7 @@ def check_book(html_dir: Path = BUILD_DIR / "html", names: tuple[str, ...] = NOT
         text = html.read_text(encoding="utf-8")
         if "Traceback (most recent call last)" in text:
             problems.append(f"{html}: shows a traceback")
+        problems += mathjax_problems(html)
     return problems
 
 

@@ -110,8 +110,8 @@ def decoupled_features(model: DMD, split: Split, max_samples: int = 256, batch_s
 
     Names ``"c_L", "c_V", "c_A"`` (shared) and ``"s_L", "s_V", "s_A"`` (private).
     ``view="pooled"``: the features averaged over time; ``view="projected"``: the
-    ``(B, d)`` projections the model keeps (``shared_sim``, which the margin loss
-    sees, and ``private_proj``, which no loss uses).
+    ``(B, d)`` projections of the shared features that the margin loss sees (``shared_sim``;
+    ``c_*`` names only: the private features have no projection, the reference's unused one is not built).
     """
     if view not in ("pooled", "projected"):
         raise ValueError(f"decoupled_features: view must be 'pooled' or 'projected', found {view!r}")
@@ -119,16 +119,16 @@ def decoupled_features(model: DMD, split: Split, max_samples: int = 256, batch_s
     model.eval()
     device = next(model.parameters()).device
     sub = split.subset(torch.arange(min(len(split), max_samples)))
-    out: dict[str, list[torch.Tensor]] = {f"{k}_{m}": [] for k in ("c", "s") for m in MODALITIES}
+    kinds = ("c", "s") if view == "pooled" else ("c",)
+    out: dict[str, list[torch.Tensor]] = {f"{k}_{m}": [] for k in kinds for m in MODALITIES}
     for batch in sub.batches(batch_size, device=device):
         dec = model.decouple(batch.text, batch.audio, batch.vision)
         for m in MODALITIES:
             if view == "pooled":
-                c, s = dec.shared[m].mean(-1), dec.private[m].mean(-1)
+                out[f"c_{m}"].append(dec.shared[m].mean(-1).float().cpu())
+                out[f"s_{m}"].append(dec.private[m].mean(-1).float().cpu())
             else:
-                c, s = dec.shared_sim[m], dec.private_proj[m]
-            out[f"c_{m}"].append(c.float().cpu())
-            out[f"s_{m}"].append(s.float().cpu())
+                out[f"c_{m}"].append(dec.shared_sim[m].float().cpu())
     model.train(was_training)
     return {k: torch.cat(v) for k, v in out.items()}
 

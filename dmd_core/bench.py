@@ -10,8 +10,10 @@ size, batch size, device, threads) this measures, on random inputs of the real s
 * peak host memory (the process's maximum resident set size) and peak device memory;
 * model FLOPs utilisation: FLOPs of one training (forward + backward) and one evaluation
   sample counted with ``torch.utils.flop_counter.FlopCounterMode``, times the throughput,
-  divided by the device's peak, measured here with a large matrix multiplication in the
-  same precision (so MFU is relative to what this machine's matmul reaches, not a data sheet).
+  divided by the device's peak in the run's precision: the data sheet's dense peak for the
+  GPUs of :data:`DATASHEET_TFLOPS` (T4, L4, A10G, A100, H100, H200, V100; TF32 for float32
+  runs with TF32 on), else the rate of a large matrix multiplication timed here (CPUs,
+  other GPUs). ``peak_flops_source`` in the result says which.
 
 Every measurement is written as JSON under ``benchmarks/results/`` and appended as a row to
 ``benchmarks/results/results.md`` with the machine, library versions and git commit.
@@ -24,6 +26,7 @@ import json
 import logging
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -58,13 +61,13 @@ class BenchSetting:
     window_batches: int = 20
     windows: int = 3
     eval_batches: int = 10
-    bf16: bool = False
+    precision: str = "fp32"  # TrainConfig.precision: fp32, bf16, fp16 or auto
     compile: bool = False
 
     @property
     def name(self) -> str:
         text = f"bert{self.bert_layers}x{self.bert_hidden}" if self.bert_layers else "features"
-        extra = ("-bf16" if self.bf16 else "") + ("-compile" if self.compile else "")
+        extra = (f"-{self.precision}" if self.precision != "fp32" else "") + ("-compile" if self.compile else "")
         return f"{self.dataset}-{'aligned' if self.aligned else 'unaligned'}-{text}-b{self.batch_size}-{self.device}{extra}"
 
     def model_config(self) -> DMDConfig:
@@ -101,8 +104,52 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# Dense peaks (no sparsity) in TFLOP/s from NVIDIA's data sheets, per precision of the matmul inputs: ``tf32`` is
+# float32 with TF32 on (T4 and V100 have no TF32 units: their float32 rate), no ``bf16`` where the GPU has no bf16
+# units (T4, V100: emulated). Most specific name first; matched as whole words in torch.cuda.get_device_name().
+# (NVIDIA publishes no A10G sheet: the A10G's figures are those cloud providers publish.)
+DATASHEET_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
+    (r"H200 NVL", {"fp32": 60.0, "tf32": 417.5, "bf16": 835.5, "fp16": 835.5}),
+    (r"H200", {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}),  # SXM
+    (r"H100 NVL", {"fp32": 60.0, "tf32": 417.5, "bf16": 835.5, "fp16": 835.5}),
+    (r"H100 PCIe", {"fp32": 51.0, "tf32": 378.0, "bf16": 756.5, "fp16": 756.5}),
+    (r"H100", {"fp32": 67.0, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}),  # SXM
+    (r"A100", {"fp32": 19.5, "tf32": 156.0, "bf16": 312.0, "fp16": 312.0}),  # SXM and PCIe alike
+    (r"A10G", {"fp32": 35.0, "tf32": 35.0, "bf16": 70.0, "fp16": 70.0}),
+    (r"L4", {"fp32": 30.3, "tf32": 60.0, "bf16": 121.0, "fp16": 121.0}),
+    (r"T4", {"fp32": 8.1, "tf32": 8.1, "fp16": 65.0}),
+    (r"V100S", {"fp32": 16.4, "tf32": 16.4, "fp16": 130.0}),
+    (r"V100\b.*PCIE", {"fp32": 14.0, "tf32": 14.0, "fp16": 112.0}),
+    (r"V100", {"fp32": 15.7, "tf32": 15.7, "fp16": 125.0}),  # SXM2
+)
+PEAK_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def datasheet_peak_flops(gpu_name: str, dtype: str) -> float | None:
+    """The data sheet's dense peak FLOP/s of ``gpu_name`` for ``dtype`` (fp32, tf32, bf16, fp16), or None."""
+    for pattern, peaks in DATASHEET_TFLOPS:
+        if re.search(rf"\b{pattern}\b", gpu_name, flags=re.IGNORECASE):
+            return None if peaks.get(dtype) is None else peaks[dtype] * 1e12
+    return None
+
+
+def peak_flops(device: torch.device, gpu_name: str | None, precision: str, tf32: bool) -> tuple[float, str, str]:
+    """The MFU denominator: ``(FLOP/s, "datasheet" or "timed", dtype)`` for a run in ``precision`` (resolved).
+
+    ``dtype`` is the matmuls' (``tf32`` for float32 with TF32 on); the data sheet where
+    :data:`DATASHEET_TFLOPS` knows the GPU, else :func:`peak_matmul_flops` timed on ``device``.
+    """
+    dtype = "tf32" if precision == "fp32" and tf32 and device.type == "cuda" else precision
+    if device.type == "cuda" and gpu_name:
+        peak = datasheet_peak_flops(gpu_name, dtype)
+        if peak is not None:
+            return peak, "datasheet", dtype
+    return peak_matmul_flops(device, PEAK_DTYPES[dtype]), "timed", dtype
+
+
 def peak_matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of a ``size``-square matmul on ``device`` (best of ``repeats``): the MFU denominator."""
+    """FLOP/s of a ``size``-square matmul on ``device`` (best of ``repeats``): the MFU denominator where
+    no data sheet is known."""
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     best = float("inf")
@@ -115,7 +162,7 @@ def peak_matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 2048
     return 2 * size**3 / best
 
 
-def count_flops(model, batch, bf16: bool, train: bool) -> float:
+def count_flops(model, batch, precision: str | bool, train: bool) -> float:
     """Model FLOPs of one forward (+ backward when ``train``) on ``batch``, by PyTorch's flop counter.
 
     Counted with ``scaled_dot_product_attention`` everywhere, so attention is the dense map
@@ -132,7 +179,7 @@ def count_flops(model, batch, bf16: bool, train: bool) -> float:
     device = batch.labels.device
     model.eval()
     with kernels.use("torch"), FlopCounterMode(display=False) as counter:
-        with torch.set_grad_enabled(train), autocast(device, bf16):
+        with torch.set_grad_enabled(train), autocast(device, precision):
             out = model(batch.text, batch.audio, batch.vision)
             loss = total_loss(model, out, batch.labels).total if train else out.prediction.sum()
         if train:
@@ -149,12 +196,15 @@ def peak_rss_bytes() -> int:
 
 def run_benchmark(setting: BenchSetting) -> dict[str, Any]:
     """Measure ``setting``; returns the result record (also what :func:`record` writes)."""
+    from .devices import pick_device, resolve_precision, use_cuda_device
     from .evaluation import predict
     from .trainer import Trainer
 
     if setting.threads:
         torch.set_num_threads(setting.threads)
-    device = torch.device(setting.device)
+    device = pick_device(setting.device)
+    use_cuda_device(device)  # before anything asks about cuda:N by index (fails while CUDA is not initialised)
+    precision = resolve_precision(setting.precision, device)
     cfg = setting.model_config()
     n_train = setting.batch_size * setting.window_batches
     n_eval = setting.batch_size * setting.eval_batches
@@ -164,12 +214,12 @@ def run_benchmark(setting: BenchSetting) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats(device)  # the trainer puts the whole dataset on the GPU
     dataset = MMSADataset(Path("<random>"), splits, cfg.aligned, cfg.seq_lens, cfg.feature_dims,
                           "bert" if cfg.use_bert else "features", dataset_name=cfg.dataset)  # fmt: skip
-    tcfg = TrainConfig(batch_size=setting.batch_size, bf16=setting.bf16, compile=setting.compile)
+    tcfg = TrainConfig(batch_size=setting.batch_size, precision=precision, compile=setting.compile)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, dataset, tcfg, tmp, seed=1111, device=device, progress=False, distributed=False)
         first = next(splits["train"].batches(setting.batch_size, device=device))
-        flops_train = count_flops(trainer.model, first, setting.bf16, train=True) / setting.batch_size
-        flops_eval = count_flops(trainer.model, first, setting.bf16, train=False) / setting.batch_size
+        flops_train = count_flops(trainer.model, first, precision, train=True) / setting.batch_size
+        flops_eval = count_flops(trainer.model, first, precision, train=False) / setting.batch_size
 
         def timed(fn) -> float:
             _sync(device)
@@ -181,15 +231,16 @@ def run_benchmark(setting: BenchSetting) -> dict[str, Any]:
         warmup = timed(trainer.train_epoch)
         train_times = [timed(trainer.train_epoch) for _ in range(setting.windows)]
         evaluate = lambda: predict(trainer.model, splits["test"], device, batch_size=setting.batch_size,  # noqa: E731
-                                   bf16=setting.bf16)  # fmt: skip
+                                   precision=precision)  # fmt: skip
         timed(evaluate)
         eval_times = [timed(evaluate) for _ in range(setting.windows)]
     train_sps = n_train / statistics.median(train_times)
     eval_sps = n_eval / statistics.median(eval_times)
-    dtype = torch.bfloat16 if setting.bf16 else torch.float32
-    peak = peak_matmul_flops(device, dtype)
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    peak, source, peak_dtype = peak_flops(device, gpu, precision, tcfg.tf32)
     return {
         "setting": asdict(setting) | {"name": setting.name, "threads": torch.get_num_threads()},
+        "precision": precision,  # what the setting's precision meant on this device
         "train_samples_per_s": train_sps,
         "train_window_s": train_times,
         "warmup_s": warmup,
@@ -198,7 +249,9 @@ def run_benchmark(setting: BenchSetting) -> dict[str, Any]:
         "peak_device_gb": torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None,
         "flops_per_train_sample": flops_train,
         "flops_per_eval_sample": flops_eval,
-        "peak_matmul_flops": peak,
+        "peak_flops": peak,
+        "peak_flops_source": source,  # "datasheet" (DATASHEET_TFLOPS) or "timed" (peak_matmul_flops)
+        "peak_flops_dtype": peak_dtype,
         "train_mfu": flops_train * train_sps / peak,
         "eval_mfu": flops_eval * eval_sps / peak,
         "machine": machine_info(device),

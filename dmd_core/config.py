@@ -7,10 +7,12 @@ user ever edits a source file. Modality order everywhere is L, V, A.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any, Literal
 
 MODALITIES: tuple[str, str, str] = ("L", "V", "A")
+# TrainConfig.precision: float32, bf16 or fp16 autocast, or "auto" (the best the device offers).
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "auto")
 
 # The official files' sizes (the book's data-format page): sequence lengths L, V, A, feature sizes L, V, A,
 # and the train / valid / test sample counts.
@@ -36,11 +38,12 @@ class _Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):
+        data = cls._decode(dict(data))  # renamed fields of older files first
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{cls.__name__}.from_dict: unknown fields {unknown}")
-        return cls(**cls._decode(dict(data)))
+        return cls(**data)
 
     @classmethod
     def _decode(cls, data: dict[str, Any]) -> dict[str, Any]:
@@ -228,9 +231,12 @@ class TrainConfig(_Config):
 
     Beyond the recipe: ``leftover_step`` lets the last, incomplete group of mini-batches
     of an epoch take an optimizer step (the reference drops it; False reproduces that);
-    ``eval_batch_size`` for validation and test (None: ``batch_size``); on CUDA,
-    ``bf16`` autocast and ``tf32`` matmuls; ``compile`` wraps the model in
-    ``torch.compile``.
+    ``eval_batch_size`` for validation and test (None: ``batch_size``); ``precision``:
+    ``"fp32"`` (the recipe), ``"bf16"`` or ``"fp16"`` autocast (fp16 with a gradient scaler),
+    or ``"auto"`` (bf16 on GPUs that have it, fp16 on older GPUs such as Colab's T4, fp32 on
+    CPU and MPS); labels, losses and metrics stay float32 whatever the precision; on CUDA,
+    ``tf32`` matmuls; ``compile`` wraps the model in ``torch.compile``. Config files written
+    before ``precision`` existed hold ``bf16: true/false``; :meth:`from_dict` reads them.
     """
 
     batch_size: int = 16
@@ -244,15 +250,28 @@ class TrainConfig(_Config):
     seeds: tuple[int, ...] = (1111, 1112, 1113, 1114, 1115)
     leftover_step: bool = True
     eval_batch_size: int | None = None
-    bf16: bool = False
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     tf32: bool = True
     compile: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    # Deprecated: TrainConfig(bf16=True/False) means precision="bf16"/"fp32" (not a field, not saved).
+    bf16: InitVar[bool | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, bf16: bool | None = None) -> None:
+        if bf16 is not None:
+            object.__setattr__(self, "precision", "bf16" if bf16 else "fp32")
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         for name in ("batch_size", "accumulation", "early_stop"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name}: expected a positive integer, found {getattr(self, name)!r}")
         if self.max_epochs is not None and self.max_epochs < 1:
             raise ValueError(f"TrainConfig.max_epochs: expected None or >= 1, found {self.max_epochs!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"TrainConfig.precision: expected one of {PRECISIONS}, found {self.precision!r}")
+
+    @classmethod
+    def _decode(cls, data: dict[str, Any]) -> dict[str, Any]:
+        if "bf16" in data:  # config.json of runs written before `precision` replaced `bf16`
+            bf16 = data.pop("bf16")
+            data.setdefault("precision", "bf16" if bf16 else "fp32")
+        return data

@@ -1,11 +1,15 @@
 """Devices, seeds, random-number states and ``torchrun`` process groups for the trainer.
 
 * :func:`pick_device`: CUDA, then Apple MPS, then CPU, or what the caller asks for.
+* :func:`resolve_precision`, :func:`autocast`, :func:`grad_scaler`: ``TrainConfig.precision``
+  (fp32, bf16, fp16 or auto) as an autocast context and a gradient scaler (fp16 only).
+* :func:`configure_cuda`: TF32 on or off (PyTorch's ``fp32_precision`` settings where they exist).
 * :func:`seed_everything`, :func:`rng_state`, :func:`set_rng_state`: everything random
   (Python, numpy, torch CPU and CUDA) seeded, saved into checkpoints and restored, so a
   resumed run draws exactly the numbers an uninterrupted one would.
 * :func:`init_distributed`: a process group from ``torchrun``'s environment variables
-  (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``): NCCL on GPUs, gloo on CPU.
+  (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``): NCCL on GPUs, gloo on CPU; :func:`rank_device`
+  says which GPU each rank takes.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from .config import PRECISIONS
 
 if TYPE_CHECKING:
     from .data import MMSADataset
@@ -47,17 +53,73 @@ def pick_device(requested: str | torch.device | None = None) -> torch.device:
     return device
 
 
+def use_cuda_device(device: torch.device) -> None:
+    """Initialise CUDA and make ``device`` the current GPU (nothing for other devices).
+
+    Before anything asks about a GPU by index: PyTorch's memory statistics of ``cuda:1`` fail
+    while CUDA is not initialised. And so that calls without an index (libraries, ``"cuda"``)
+    use this GPU instead of opening a context on GPU 0.
+    """
+    if device.type == "cuda":
+        torch.cuda.init()
+        torch.cuda.set_device(device)
+
+
 def configure_cuda(tf32: bool) -> None:
-    """TF32 matmuls and convolutions on (``tf32=True``) or off; no effect without CUDA."""
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
+    """TF32 matmuls and convolutions on (``tf32=True``) or off; no effect without CUDA.
+
+    Through PyTorch's ``fp32_precision`` settings where they exist (2.9 and later; cuBLAS
+    matmuls and cuDNN convolutions, RNNs left as they are), else the legacy ``allow_tf32``
+    flags. Never both: PyTorch refuses to read TF32 flags set through a mix of the two APIs,
+    so a user who set ``fp32_precision`` must not find the legacy flags touched.
+    """
+    b = torch.backends
+    if hasattr(b.cuda.matmul, "fp32_precision") and hasattr(b.cudnn, "conv"):
+        b.cuda.matmul.fp32_precision = b.cudnn.conv.fp32_precision = "tf32" if tf32 else "ieee"
+    else:
+        b.cuda.matmul.allow_tf32 = tf32
+        b.cudnn.allow_tf32 = tf32
 
 
-def autocast(device: torch.device, bf16: bool):
-    """bf16 autocast on CUDA when asked for; a no-op context otherwise."""
-    if bf16 and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+# ---- precision -------------------------------------------------------------------------------------------------
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str | bool, device: torch.device) -> str:
+    """What ``precision`` (``TrainConfig.precision``) means on ``device``: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+
+    ``"auto"``: bf16 on CUDA GPUs with bf16 units (Ampere and later), fp16 on older GPUs (T4,
+    V100; bf16 would only be emulated there), fp32 on CPU and MPS. An explicit ``"bf16"`` or
+    ``"fp16"`` is taken as asked, on any device (CPU autocast included). ``True``/``False``:
+    the former ``bf16`` flag.
+    """
+    if isinstance(precision, bool):
+        precision = "bf16" if precision else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, found {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+
+
+def autocast(device: torch.device, precision: str | bool = "fp32"):
+    """Autocast to ``precision`` (see :func:`resolve_precision`) on ``device``; a no-op context for fp32.
+
+    Labels, losses and metrics stay float32: :func:`~dmd_core.losses.total_loss` computes
+    every loss in float32 from the low-precision outputs.
+    """
+    resolved = resolve_precision(precision, device)
+    if resolved == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[resolved])
+
+
+def grad_scaler(device: torch.device, precision: str | bool) -> torch.amp.GradScaler:
+    """A gradient scaler, enabled only for fp16 (whose small range needs the loss scaled up)."""
+    return torch.amp.GradScaler(device.type, enabled=resolve_precision(precision, device) == "fp16")
 
 
 # ---- seeds and RNG states --------------------------------------------------------------------------------------
@@ -118,13 +180,16 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(requested: str | torch.device | None = None) -> tuple[DistInfo, torch.device]:
+def init_distributed(
+    requested: str | torch.device | None = None, backend: str | None = None
+) -> tuple[DistInfo, torch.device]:
     """Join the process group ``torchrun`` describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) and pick the device.
 
     Without those variables (or with ``WORLD_SIZE=1``) this is one process on
-    :func:`pick_device` ``(requested)``. Under torchrun with CUDA each rank takes
-    ``cuda:LOCAL_RANK`` and the backend is NCCL; on CPU it is gloo. An already
-    initialised group is reused (and left for its owner to destroy).
+    :func:`pick_device` ``(requested)``. Under torchrun each rank takes the GPU
+    :func:`rank_device` names (``cuda:LOCAL_RANK``; ``cuda:N``: ``cuda:N+LOCAL_RANK``) and the
+    backend is NCCL; on CPU it is gloo (``backend`` overrides). An already initialised group
+    is reused (and left for its owner to destroy).
     """
     if dist.is_available() and dist.is_initialized():
         info = DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), False)
@@ -137,25 +202,58 @@ def init_distributed(requested: str | torch.device | None = None) -> tuple[DistI
             raise RuntimeError(f"WORLD_SIZE={world} but {name} is not set: launch with torchrun")
     info = DistInfo(int(os.environ["RANK"]), world, int(os.environ["LOCAL_RANK"]), True)
     device = _rank_device(requested, info)
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    backend = backend or ("nccl" if device.type == "cuda" else "gloo")
     dist.init_process_group(backend=backend, rank=info.rank, world_size=world)
     log.info("distributed: rank %d of %d on %s (%s)", info.rank, world, device, backend)
     return info, device
 
 
+def rank_device(
+    requested: str | torch.device | None, local_rank: int, cuda_available: bool, device_count: int
+) -> torch.device:
+    """The device of the rank with ``local_rank`` under torchrun (a pure function: reads no GPU state).
+
+    ``None``/``"auto"``: ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU; ``"cuda"``:
+    ``cuda:LOCAL_RANK``; ``"cuda:N"``: ``cuda:N+LOCAL_RANK``, so that the node's ranks take GPUs
+    N, N+1, ... (``--device cuda:2`` with two ranks per node: GPUs 2 and 3); any other device
+    (``cpu``, ``mps``) as asked. A GPU the machine does not have is an error.
+    """
+    name = "auto" if requested is None else str(requested)
+    if name == "auto":
+        if not cuda_available:
+            return torch.device("cpu")
+        name = "cuda"
+    device = torch.device(name)
+    if device.type != "cuda":
+        return device
+    if not cuda_available:
+        raise RuntimeError(f"device {name!r} asked for, but CUDA is not available here (use 'cpu')")
+    index = (device.index or 0) + local_rank
+    if index >= device_count:
+        raise RuntimeError(f"device {name!r} for local rank {local_rank} means cuda:{index}, but there are only "
+                           f"{device_count} CUDA device(s) here")  # fmt: skip
+    return torch.device("cuda", index)
+
+
 def _rank_device(requested: str | torch.device | None, info: DistInfo) -> torch.device:
-    if info.enabled and (requested is None or str(requested) in ("auto", "cuda")) and torch.cuda.is_available():
-        torch.cuda.set_device(info.local_rank)
-        return torch.device("cuda", info.local_rank)
-    return pick_device(requested)
+    if not info.enabled:
+        return pick_device(requested)
+    available = torch.cuda.is_available()
+    device = rank_device(requested, info.local_rank, available, torch.cuda.device_count() if available else 0)
+    if device.type != "cuda":
+        return pick_device(device)
+    torch.cuda.set_device(device)
+    return device
 
 
 def place_dataset(dataset: MMSADataset, device: torch.device, budget: float = 0.5) -> MMSADataset:
     """The whole dataset on a CUDA ``device`` when it takes under ``budget`` of the free GPU memory.
 
-    Batches are then slices of GPU tensors: no host-to-device copy per step. Memory-mapped
-    datasets (too large for RAM, e.g. MOSEI unaligned on a 12 GB machine) stay where they are
-    and are copied batch by batch (pinned, non-blocking).
+    Batches are then slices of GPU tensors: no host-to-device copy per step. The copy is a plain
+    one (no pinned host copy of the whole dataset, which PyTorch's pinned-memory cache would keep:
+    Colab has about 12 GB of RAM). Memory-mapped datasets (too large for RAM, e.g. MOSEI
+    unaligned on a 12 GB machine) stay where they are and are copied batch by batch (pinned,
+    non-blocking).
     """
     if device.type != "cuda" or dataset.mmap_dir is not None:
         return dataset

@@ -7,7 +7,7 @@ notebook can log them; each part is also available on its own.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, is_dataclass
 
 import torch
 import torch.nn.functional as F
@@ -167,8 +167,29 @@ class LossParts:
         return {k: float(v) for k, v in self.detached().items()}
 
 
+def _float32(obj):
+    """``obj`` (an output dataclass, a dict, a tensor) with every floating tensor in float32 (float32 ones untouched)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.float() if obj.is_floating_point() else obj
+    if isinstance(obj, dict):
+        return {k: _float32(v) for k, v in obj.items()}
+    if is_dataclass(obj):
+        return type(obj)(**{f.name: _float32(getattr(obj, f.name)) for f in fields(obj)})
+    return obj
+
+
 def total_loss(model: DMD, output: DMDOutput, labels: torch.Tensor) -> LossParts:
-    """``task + HomoGD + HeteroGD + w_dec * (cycle + recon + w_sim * (margin + ort))``."""
+    """``task + HomoGD + HeteroGD + w_dec * (cycle + recon + w_sim * (margin + ort))``.
+
+    Always in float32: under bf16/fp16 autocast the model's outputs are cast up and every part is
+    computed with autocast off, so labels are never rounded to the low precision and the losses,
+    their sum and the gradients' starting point are float32 (in float32 training nothing changes).
+    """
+    with torch.autocast(output.prediction.device.type, enabled=False):
+        return _total_loss(model, _float32(output), labels.float())
+
+
+def _total_loss(model: DMD, output: DMDOutput, labels: torch.Tensor) -> LossParts:
     cfg = model.config
     dec = output.decoupled
     task = task_loss(output, labels)

@@ -12,9 +12,12 @@ per-modality layer lives in an ``nn.ModuleDict`` keyed by ``"L"``, ``"V"``,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from .config import MODALITIES, DMDConfig
@@ -22,6 +25,10 @@ from .distill import Graph, GraphDistillation
 from .kernels import dropout
 from .text_encoder import TextEncoder
 from .transformer import TransformerEncoder
+
+# Layers that earlier versions built although no loss uses them (the reference's projections of s_m, BERT's
+# pooler): their weights, found in older checkpoints, are dropped on load (DMD.load_state_dict).
+UNBUILT = ("private_proj.", "text_encoder.bert.pooler.")
 
 # Sources of each target's cross-modal Transformers, in the order their outputs
 # are concatenated (the reference's: L <- [A, V], V <- [L, A], A <- [L, V]).
@@ -54,8 +61,8 @@ class Decoupled:
 
     ``x``: temporal projection; ``private`` ``s_m``; ``shared`` ``c_m``; ``recon``
     the decoder's reconstruction of ``x``; ``private_cycle`` ``E_m(recon)``;
-    ``shared_sim`` ``(B, d)`` the projection used by the margin loss;
-    ``private_proj`` ``(B, d)`` a projection of ``s_m`` no loss uses.
+    ``shared_sim`` ``(B, d)`` the projection used by the margin loss. (The reference also
+    projects ``s_m`` to ``(B, d)``, ``proj_cosine_*``; no loss uses it, so it is not built.)
     """
 
     x: dict[str, torch.Tensor]
@@ -64,7 +71,6 @@ class Decoupled:
     recon: dict[str, torch.Tensor]
     private_cycle: dict[str, torch.Tensor]
     shared_sim: dict[str, torch.Tensor]
-    private_proj: dict[str, torch.Tensor]
 
 
 @dataclass
@@ -108,13 +114,16 @@ def time_major(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(x.shape[0], -1)
 
 
-class DMD(nn.Module):
+class DMD(nn.Module, PyTorchModelHubMixin, library_name="dmd_core", license="mit",
+          paper_url="https://arxiv.org/abs/2303.13802", tags=["dmd", "multimodal-sentiment-analysis"]):  # fmt: skip
     """Decoupled Multimodal Distillation (Li, Wang, Cui, CVPR 2023).
 
     ``DMD(config)(text, audio, vision)`` -> :class:`DMDOutput`, where ``text`` is
     ``(B, 3, L_t)`` ids/mask/segments with BERT or ``(B, L_t, d_t)`` features,
     ``audio (B, L_a, d_a)``, ``vision (B, L_v, d_v)``. ``homo_gd`` and
     ``hetero_gd`` are the two GD-Units; their losses are in :mod:`dmd_core.losses`.
+    ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` (huggingface_hub's mixin) share it as
+    ``config.json`` + ``model.safetensors``; :mod:`dmd_core.sharing` says what they check.
     """
 
     def __init__(self, config: DMDConfig) -> None:
@@ -133,8 +142,7 @@ class DMD(nn.Module):
         self.shared = nn.Conv1d(d, d, 1, bias=False)
         self.decoder = nn.ModuleDict({m: nn.Conv1d(2 * d, d, 1, bias=False) for m in MODALITIES})
         self.shared_sim = nn.ModuleDict({m: nn.Linear(d * lens[m], d) for m in MODALITIES})
-        # Unused by every loss; carried so that reference checkpoints load.
-        self.private_proj = nn.ModuleDict({m: nn.Linear(d * lens[m], d) for m in MODALITIES})
+        # (The reference's projections of s_m, proj_cosine_*, feed no loss: not built; see UNBUILT.)
         # 4. Homogeneous heads on flattened c_m.
         self.homo_heads = nn.ModuleDict({m: ResidualHead(d * lens[m], d, cfg.output_dropout) for m in MODALITIES})
         # 5. Shared fusion: self-attention per modality, then a head on [L, V, A].
@@ -156,6 +164,13 @@ class DMD(nn.Module):
         self.homo_gd = GraphDistillation.homo(cfg)
         self.hetero_gd = GraphDistillation.hetero(cfg)
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``, also for checkpoints of earlier versions (their :data:`UNBUILT` weights
+        are dropped: nothing reads them)."""
+        if any(k.startswith(UNBUILT) for k in state_dict):
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(UNBUILT)}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def _attn_dropout(self, source: str) -> float:
         cfg = self.config
         return {"L": cfg.attn_dropout, "V": cfg.attn_dropout_v, "A": cfg.attn_dropout_a}[source]
@@ -174,7 +189,7 @@ class DMD(nn.Module):
     def decouple(self, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor) -> Decoupled:
         """Temporal projection and decoupling (method reference: "Temporal projection", "Decoupling")."""
         inputs = {"L": self.text_features(text), "V": vision, "A": audio}  # (B, L_m, d_m)
-        x, s, c, recon, cycle, sim, proj = {}, {}, {}, {}, {}, {}, {}
+        x, s, c, recon, cycle, sim = {}, {}, {}, {}, {}, {}
         for m in MODALITIES:
             h = inputs[m].transpose(1, 2)  # (B, d_m, L_m)
             if m == "L":
@@ -182,10 +197,9 @@ class DMD(nn.Module):
             x[m] = h if self.skip_proj[m] else self.proj[m](h)  # (B, d, T_m)
             s[m], c[m] = self.private[m](x[m]), self.shared(x[m])
             sim[m] = self.shared_sim[m](c[m].flatten(1))  # channel-major flatten, as the reference
-            proj[m] = self.private_proj[m](time_major(s[m]))
             recon[m] = self.decoder[m](torch.cat([s[m], c[m]], dim=1))
             cycle[m] = self.private[m](recon[m])
-        return Decoupled(x, s, c, recon, cycle, sim, proj)
+        return Decoupled(x, s, c, recon, cycle, sim)
 
     def forward(self, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor) -> DMDOutput:
         dec = self.decouple(text, audio, vision)
@@ -227,3 +241,26 @@ class DMD(nn.Module):
             homo_graph=self.homo_gd(homo_branch.logits, homo_branch.reprs),
             hetero_graph=self.hetero_gd(hetero_branch.logits, hetero_branch.reprs),
         )
+
+    # ---- sharing: huggingface_hub's mixin, with DMD's config and checks (dmd_core.sharing) ----
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> DMD:
+        """A DMD from a folder (``save_pretrained``, ``dmd export``) or a hub id; a hub id fails at once offline."""
+        from .sharing import check_source
+
+        check_source(pretrained_model_name_or_path, kwargs.get("local_files_only", False))
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        from .sharing import write_config
+
+        super()._save_pretrained(save_directory)  # model.safetensors (BERT's weights included)
+        write_config(self, save_directory)  # config.json, self-contained (BERT's config included)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, config: Any = None, map_location: str = "cpu", strict: bool = True,
+                         **hub_kwargs: Any) -> DMD:  # fmt: skip
+        from .sharing import load_pretrained
+
+        return load_pretrained(cls, model_id, config, map_location=map_location, strict=strict, **hub_kwargs)

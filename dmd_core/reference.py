@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,10 +23,17 @@ from .config import MODALITIES, SEQ_LENS, BertSpec, DMDConfig, TrainConfig
 from .losses import margin_loss, orthogonality_loss
 from .model import CROSS_SOURCES, DMD
 
+log = logging.getLogger(__name__)
+
 _LOW = {"l": "L", "v": "V", "a": "A"}
 
 # Buffers of the reference's Transformers (and of older BERT checkpoints) that carry no learned value.
 IGNORED_SUFFIXES = (".version", ".embed_positions._float_tensor", "embeddings.position_ids")
+# Layers of the reference that no loss reaches, which dmd_core does not build: the projections of the
+# private features (proj_cosine_*, whose outputs proj_s_* nothing reads) and BERT's pooler. Their keys
+# are ignored on purpose (reported by load_state_dict), and probe() has no proj_s_* outputs.
+UNBUILT_PREFIXES = ("proj_cosine_", "text_model.model.pooler.")
+UNBUILT_OUTPUTS = ("proj_s_l", "proj_s_v", "proj_s_a")
 
 
 def _prefix_table() -> dict[str, str]:
@@ -47,7 +55,6 @@ def _prefix_table() -> dict[str, str]:
             f"encoder_s_{r}.": f"private.{m}.",
             f"decoder_{r}.": f"decoder.{m}.",
             f"align_c_{r}.": f"shared_sim.{m}.",
-            f"proj_cosine_{r}.": f"private_proj.{m}.",
             f"proj1_{r}_low.": f"homo_heads.{m}.proj1.",
             f"proj2_{r}_low.": f"homo_heads.{m}.proj2.",
             f"out_layer_{r}_low.": f"homo_heads.{m}.out.",
@@ -70,11 +77,12 @@ def reference_name_map(keys) -> tuple[dict[str, str], list[str], list[str]]:
     """Map reference state-dict ``keys`` to our names.
 
     Returns ``(mapping, ignored, unknown)``: ``mapping`` reference key -> our key;
-    ``ignored`` value-less buffers; ``unknown`` keys no table entry matches.
+    ``ignored`` value-less buffers and the layers dmd_core does not build (:data:`UNBUILT_PREFIXES`);
+    ``unknown`` keys no table entry matches. Every key is in exactly one of the three.
     """
     mapping, ignored, unknown = {}, [], []
     for key in keys:
-        if key.endswith(IGNORED_SUFFIXES):
+        if key.endswith(IGNORED_SUFFIXES) or key.startswith(UNBUILT_PREFIXES):
             ignored.append(key)
             continue
         prefix = max((p for p in PREFIXES if key.startswith(p)), key=len, default=None)
@@ -97,16 +105,17 @@ def load_state_dict(
     state_dict: Mapping[str, torch.Tensor],
     homo: Mapping[str, torch.Tensor] | None = None,
     hetero: Mapping[str, torch.Tensor] | None = None,
-) -> None:
+) -> list[str]:
     """Load a reference DMD state dict (and optionally its GD-Units) into ``model``.
 
     Strict: raises ``KeyError`` listing every reference key that maps to nothing
     (or to a parameter we do not have), every parameter of ours left without a
     value, and every shape mismatch. GD-Unit parameters may stay untouched only
-    when ``homo``/``hetero`` are not given.
+    when ``homo``/``hetero`` are not given. Returns the reference keys ignored on
+    purpose (value-less buffers, the layers of :data:`UNBUILT_PREFIXES`), also logged.
     """
     ours = model.state_dict()
-    mapping, _, unknown = reference_name_map(_strip_module(state_dict).keys())
+    mapping, ignored, unknown = reference_name_map(_strip_module(state_dict).keys())
     source = {f"reference[{k!r}]": (mapping[k], v) for k, v in _strip_module(state_dict).items() if k in mapping}
     for name, gd_sd in (("homo", homo), ("hetero", hetero)):
         if gd_sd is not None:
@@ -135,6 +144,12 @@ def load_state_dict(
     if problems:
         raise KeyError("reference state dict does not fit this model:\n  " + "\n  ".join(problems))
     model.load_state_dict(new, strict=True)
+    unbuilt = [k for k in ignored if k.startswith(UNBUILT_PREFIXES)]
+    if unbuilt:
+        log.info("reference checkpoint: %d weights of layers no loss uses (%s) ignored: not built by dmd_core",
+                 len(unbuilt), ", ".join(sorted({k.split(".")[0] if k.startswith("proj_") else "BERT pooler"
+                                                 for k in unbuilt})))  # fmt: skip
+    return ignored
 
 
 # ---- configs -------------------------------------------------------------------------------------------------
@@ -247,7 +262,7 @@ def probe(
     """Run ``model`` in eval mode and report what the reference reports, under its names and layouts.
 
     Returns ``{"outputs": {...}, "gd": {...}, "margin_loss": t, "ort_loss_batch_axis": t}``
-    like the fixtures: ``s_*``/``c_*`` ``(T, B, d)``; ``origin_*``, ``recon_*``,
+    like the fixtures (less :data:`UNBUILT_OUTPUTS`): ``s_*``/``c_*`` ``(T, B, d)``; ``origin_*``, ``recon_*``,
     ``s_*_r`` ``(B, d, T)``; edges ``(6, B)``; raw edges summed over the batch ``(6, 1)``.
     """
     was_training = model.training
@@ -265,7 +280,6 @@ def probe(
         o[f"origin_{r}"] = dec.x[m]
         o[f"s_{r}"] = dec.private[m].permute(2, 0, 1)
         o[f"c_{r}"] = dec.shared[m].permute(2, 0, 1)
-        o[f"proj_s_{r}"] = dec.private_proj[m]
         o[f"s_{r}_r"] = dec.private_cycle[m]
         o[f"recon_{r}"] = dec.recon[m]
         o[f"c_{r}_sim"] = dec.shared_sim[m]

@@ -24,14 +24,18 @@ class BertUnavailableError(OSError):
 
 
 class TextEncoder(nn.Module):
-    """BERT over ``(B, 3, L)`` token ids / attention mask / segment ids -> ``(B, L, hidden)``."""
+    """BERT over ``(B, 3, L)`` token ids / attention mask / segment ids -> ``(B, L, hidden)``.
+
+    Built without BERT's pooler (the ``[CLS]`` projection): DMD reads the last hidden state only, so
+    the pooler would be a trainable layer no loss reaches (and DDP would wait for its gradients).
+    """
 
     def __init__(self, spec: BertSpec) -> None:
         super().__init__()
         from transformers import BertConfig, BertModel
 
         if spec.config is not None:
-            self.bert = BertModel(BertConfig.from_dict(dict(spec.config)))
+            self.bert = BertModel(BertConfig.from_dict(dict(spec.config)), add_pooling_layer=False)
         else:
             self.bert = load_bert(spec.name_or_path)
         self.finetune = spec.finetune
@@ -70,7 +74,7 @@ def bert_unavailable_message(name: str, reason: str) -> str:
 
 
 def load_bert(name_or_path: str):
-    """``BertModel.from_pretrained`` from a local folder, the local cache, or the hub.
+    """``BertModel.from_pretrained`` (without the pooler) from a local folder, the local cache, or the hub.
 
     Fails at once with what to do instead when the weights are not on disk and the hub
     cannot be reached (checked first, so no download retries are waited for).
@@ -78,15 +82,15 @@ def load_bert(name_or_path: str):
     from transformers import BertModel
 
     if os.path.isdir(name_or_path):
-        return BertModel.from_pretrained(name_or_path)
+        return BertModel.from_pretrained(name_or_path, add_pooling_layer=False)
     try:
-        return BertModel.from_pretrained(name_or_path, local_files_only=True)
+        return BertModel.from_pretrained(name_or_path, add_pooling_layer=False, local_files_only=True)
     except OSError:
         pass
     reason = hub_unreachable_reason()
     if reason is None:
         try:
-            return BertModel.from_pretrained(name_or_path)
+            return BertModel.from_pretrained(name_or_path, add_pooling_layer=False)
         except Exception as err:  # HTTP errors, unknown repository, ...
             reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     raise BertUnavailableError(bert_unavailable_message(name_or_path, reason))

@@ -26,9 +26,23 @@ and both GD-Units).
 The columns of ``history.csv`` are listed in :mod:`dmd_core.runs`.
 
 Determinism: one seed fixes the initial weights (Python, numpy, torch seeded), the dropout
-masks and the shuffling (a ``torch.Generator`` of the run). ``last.pt`` holds every RNG
-state, so a resumed run continues exactly where it stopped: on CPU, resuming gives the same
+masks and the shuffling (a CPU ``torch.Generator`` of the run: the same order on every device;
+the permutation goes to the GPU once per epoch, not once per mini-batch). ``last.pt`` holds every
+RNG state, so a resumed run continues exactly where it stopped: on CPU, resuming gives the same
 numbers, bit for bit, as a run that was never interrupted.
+
+Precision (``TrainConfig.precision``): ``fp32`` is the recipe; ``bf16`` and ``fp16`` run the
+model under autocast (``auto``: bf16 on GPUs with bf16 units, fp16 on older ones such as
+Colab's T4, fp32 on CPU). Labels, losses, metrics and the early-stopping comparison stay
+float32. fp16 adds a gradient scaler (``torch.amp.GradScaler``), made to respect the recipe:
+the loss is scaled by S before each backward, so the running sum holds S times the true
+gradients; S changes only in ``scaler.update()`` after a step, so it is fixed within an
+accumulation group, and clipping the scaled sum by value at ``grad_clip * S`` after every
+backward is clipping the true sum at ``grad_clip`` (S is a power of two: exact).
+``scaler.step`` unscales once, before Adam, and skips the step (lowering S) after an overflow;
+an overflow is recorded before clipping, which would otherwise turn an infinity into a finite
+``grad_clip * S`` and hide it. (The scaler's check for skipped steps is one host
+synchronisation per optimizer step, fp16 only.)
 
 Non-finite losses: each step records, on the device, whether the loss is finite. On CPU it is
 checked before every optimizer step; on CUDA (where a check is a host synchronisation) and
@@ -42,7 +56,10 @@ shard of the shuffled train split (padded to equal length, as ``DistributedSampl
 gradients are averaged over ranks at every backward, so the replicas stay identical. Rank 0
 validates, tests and writes every file; the validation loss is broadcast so that every rank
 takes the same scheduling and stopping decisions. ``train_seeds(..., parallel=True)`` instead
-runs different seeds on different ranks.
+runs different seeds on different ranks, which share nothing but a gloo process group used
+once, at the start: a rank that finishes early (fewer seeds, earlier early stopping) leaves a
+file saying so and exits, and rank 0 waits for those files (no collective, so no collective
+timeout: NCCL's is 10 minutes) before it writes the summary.
 """
 
 from __future__ import annotations
@@ -50,6 +67,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,12 +85,15 @@ from .devices import (
     DistInfo,
     autocast,
     configure_cuda,
+    grad_scaler,
     init_distributed,
     pick_device,
     place_dataset,
+    resolve_precision,
     rng_state,
     seed_everything,  # fmt: skip
     set_rng_state,
+    use_cuda_device,
 )
 from .distill import EDGE_NAMES
 from .evaluation import predict
@@ -119,11 +140,10 @@ class RunResult:
 
 
 def unused_parameters(model: DMD) -> list[nn.Parameter]:
-    """Parameters no loss reaches: the reference's unused projections of ``s_m`` (kept so that its
-    checkpoints load), a temporal projection skipped because ``d_in == d``, and a BERT that is not
-    fine-tuned. The trainer freezes them (``requires_grad=False``), which changes no number."""
-    unused = list(model.private_proj.parameters())
-    unused += [p for m, skip in model.skip_proj.items() if skip for p in model.proj[m].parameters()]
+    """Parameters no loss reaches: a temporal projection skipped because ``d_in == d``, and a BERT that
+    is not fine-tuned. The trainer freezes them (``requires_grad=False``), which changes no number.
+    (The reference's other unused layers, the projections of ``s_m`` and BERT's pooler, are not built.)"""
+    unused = [p for m, skip in model.skip_proj.items() if skip for p in model.proj[m].parameters()]
     if model.text_encoder is not None and not model.text_encoder.finetune:
         unused += list(model.text_encoder.parameters())
     return unused
@@ -206,13 +226,15 @@ class Trainer:
             self.dist, self.device = init_distributed(device)
         else:
             self.dist, self.device = DistInfo(), pick_device(device)
+        if self.device.type == "cuda":
+            use_cuda_device(self.device)
+            configure_cuda(train_config.tf32)
         self.cfg, self.tcfg, self.seed = model_config, train_config, int(seed)
+        self.precision = resolve_precision(train_config.precision, self.device)  # "fp32", "bf16" or "fp16"
         self.dataset, self.data_ref = place_dataset(dataset, self.device), data_ref
         self.run_dir = Path(run_dir)
         self.progress = progress and self.dist.is_main
         self.on_epoch_end = on_epoch_end
-        if self.device.type == "cuda":
-            configure_cuda(train_config.tf32)
         # Everything random below (initial weights) follows from the seed.
         seed_everything(self.seed)
         self.model = DMD(model_config).to(self.device)
@@ -225,6 +247,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="min", factor=train_config.plateau_factor, patience=train_config.plateau_patience
         )
+        self.scaler = grad_scaler(self.device, self.precision)  # enabled for fp16 only
+        self.found_inf = torch.zeros((), device=self.device)  # fp16: an overflow in this accumulation group
         self.epoch = 0  # completed epochs
         self.steps = 0  # optimizer steps
         self.best_valid, self.best_epoch = math.inf, 0
@@ -254,6 +278,7 @@ class Trainer:
             "data": self.data_ref,
             "world_size": self.dist.world_size,
             "device": str(self.device),
+            "precision": self.precision,
             "torch": torch.__version__,
         }
 
@@ -264,10 +289,14 @@ class Trainer:
             ours = runs.json_safe(ours)
             return sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k) and k not in allowed)
 
-        problems = []
+        problems, saved_train = [], saved.get("train", {})
+        try:  # in today's fields (older config.json files hold `bf16` instead of `precision`)
+            saved_train = runs.json_safe(TrainConfig.from_dict(saved_train).to_dict())
+        except (TypeError, ValueError):
+            pass  # compared as written
         if diff := differing(self.cfg.to_dict(), saved.get("model", {})):
             problems.append(f"model config differs in {diff}")
-        if diff := differing(self.tcfg.to_dict(), saved.get("train", {}), RESUMABLE_CHANGES):
+        if diff := differing(self.tcfg.to_dict(), saved_train, RESUMABLE_CHANGES):
             problems.append(f"train config differs in {diff}")
         if saved.get("seed") != self.seed:
             problems.append(f"seed {saved.get('seed')} != {self.seed}")
@@ -287,6 +316,7 @@ class Trainer:
             "history": self.history,
             "rng": rng_state(self.device),
             "generator": self.generator.get_state(),
+            "scaler": self.scaler.state_dict(),  # empty unless fp16
             "seed": self.seed,
         }
 
@@ -301,6 +331,8 @@ class Trainer:
         self.history = list(state["history"])
         set_rng_state(state["rng"], self.device)
         self.generator.set_state(state["generator"])
+        if self.scaler.is_enabled() and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
 
     def _assert_finite_weights(self, what: str) -> None:
         params = list(self.model.named_parameters())
@@ -329,7 +361,7 @@ class Trainer:
         """One pass over the train split: the recipe's accumulate, clip, step. Returns the epoch's means."""
         epoch = self.epoch + 1
         self.forward.train()
-        acc, clip = self.tcfg.accumulation, self.tcfg.grad_clip
+        acc = self.tcfg.accumulation
         batches, n_batches = self._train_batches()
         stats = EpochStats(self.device)
         check_each_step = self.device.type != "cuda" and not self.dist.enabled  # a check is free on CPU
@@ -337,23 +369,50 @@ class Trainer:
         for i, batch in enumerate(bar):
             if i % acc == 0:
                 self.optimizer.zero_grad(set_to_none=True)
-            with autocast(self.device, self.tcfg.bf16):
+                if self.scaler.is_enabled():
+                    self.found_inf.zero_()
+            with autocast(self.device, self.precision):
                 out = self.forward(batch.text, batch.audio, batch.vision)
-                parts = total_loss(self.model, out, batch.labels)
-            parts.total.backward()  # summed over the group: the loss is not divided by `acc`
-            if clip > 0:
-                nn.utils.clip_grad_value_(self.params, clip)  # on the running sum, after every backward
+                parts = total_loss(self.model, out, batch.labels)  # float32 whatever the precision
+            self.scaler.scale(parts.total).backward()  # summed over the group: the loss is not divided by `acc`
+            self._clip()  # on the running sum, after every backward
             stats.add(i, parts, out)
             if (i + 1) % acc == 0 or (i == n_batches - 1 and self.tcfg.leftover_step):
                 if check_each_step:
                     self._raise_if_bad(epoch, stats)
-                self.optimizer.step()
+                self._step()
                 self.steps += 1
         bar.close()
         if self.dist.enabled:  # every rank must stop if any rank saw a non-finite loss
             stats.all_reduce()
         self._raise_if_bad(epoch, stats)
         return stats.row()
+
+    def _clip(self) -> None:
+        """Clip the running sum of gradients by value at ``grad_clip`` (fp16: see the module's "Precision")."""
+        clip = self.tcfg.grad_clip
+        if not self.scaler.is_enabled():
+            if clip > 0:
+                nn.utils.clip_grad_value_(self.params, clip)
+            return
+        grads = [p.grad for p in self.params if p.grad is not None]
+        # Record an overflow before clipping turns it into a finite value (inv_scale 1: the gradients stay).
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, self.found_inf, torch.ones_like(self.found_inf))
+        if clip > 0:
+            bound = self.scaler.scale(torch.full_like(self.found_inf, clip))  # clip * S, on the device: no sync
+            for g in grads:
+                g.clamp_(-bound, bound)
+
+    def _step(self) -> None:
+        """One optimizer step; fp16: through the scaler (unscale once, skip after an overflow, update S)."""
+        if not self.scaler.is_enabled():
+            self.optimizer.step()
+            return
+        # An overflow seen before clipping becomes a NaN the scaler finds: it then skips the step and lowers S.
+        first = next(p.grad for p in self.params if p.grad is not None)
+        first.add_(torch.where(self.found_inf > 0, math.nan, 0.0))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
 
     def _raise_if_bad(self, epoch: int, stats: EpochStats) -> None:
         step, parts = stats.first_non_finite()  # host sync: only at optimizer steps on CPU, at epoch end elsewhere
@@ -363,7 +422,7 @@ class Trainer:
         raise NonFiniteLossError(
             f"non-finite loss at epoch {epoch}, mini-batch {step + 1}: {named}. The run stopped; "
             f"{self.run_dir / runs.LAST} still holds the last good epoch ({self.epoch}). Check the data for "
-            f"NaN/inf, lower the learning rate, or train without bf16."
+            f"NaN/inf, lower the learning rate, or train in float32 (precision 'fp32')."
         )
 
     def validate(self) -> dict[str, float]:
@@ -371,7 +430,7 @@ class Trainer:
         row: dict[str, float] = {}
         if self.dist.is_main:
             pred = predict(
-                self.model, self.dataset["valid"], self.device, batch_size=self._eval_bs(), bf16=self.tcfg.bf16
+                self.model, self.dataset["valid"], self.device, batch_size=self._eval_bs(), precision=self.precision
             )
             scores = evaluation_scores(pred)
             row["valid_loss"] = scores["loss"]
@@ -479,7 +538,8 @@ class Trainer:
         if best.is_file():
             self.model.load_state_dict(runs.load_checkpoint(best, map_location=self.device)["model"])
         self.model.eval()
-        pred = predict(self.model, self.dataset["test"], self.device, batch_size=self._eval_bs(), bf16=self.tcfg.bf16)
+        pred = predict(self.model, self.dataset["test"], self.device, batch_size=self._eval_bs(),
+                       precision=self.precision)  # fmt: skip
         metrics = {**evaluation_scores(pred), "best_epoch": self.best_epoch, "epochs": self.epoch,
                    "stop_reason": self.stop_reason, "seed": self.seed}  # fmt: skip
         runs.write_csv(self.run_dir / runs.TEST_PREDICTIONS, pred.rows())
@@ -501,22 +561,29 @@ def train(
     on_epoch_end: Callable[[Trainer, dict], None] | None = None,
     text: str = "auto",
     mmap_dir: str | None = None,
+    tensorboard: str | Path | None = None,
 ) -> RunResult:
     """Train one seed and write the run folder ``run_dir`` (see :mod:`dmd_core.runs`).
 
     ``model_config`` None: the dataset's suggested preset. ``dataset_or_path``: an
     :class:`~dmd_core.data.MMSADataset` or the path of an MMSA pickle (loaded with ``text``
     and ``mmap_dir``). ``seed`` None: ``train_config.seeds[0]``. ``device`` None: CUDA, then
-    MPS, then CPU. ``resume``: continue from ``run_dir/last.pt`` when it exists.
+    MPS, then CPU. ``resume``: continue from ``run_dir/last.pt`` when it exists. ``tensorboard``:
+    a folder for TensorBoard event files (``tensorboard/seed_<n>``, see :mod:`dmd_core.tensorboard`).
     """
+    from .tensorboard import TensorBoardLogger
+
+    board = TensorBoardLogger(tensorboard, then=on_epoch_end) if tensorboard is not None else None
     train_config = train_config or TrainConfig()
     ds, cfg = open_dataset(dataset_or_path, model_config, text, mmap_dir)
     seed = train_config.seeds[0] if seed is None else seed
     trainer = Trainer(cfg, ds, train_config, run_dir, seed, device=device, progress=progress,
-                      on_epoch_end=on_epoch_end, data_ref=data_reference(dataset_or_path))  # fmt: skip
+                      on_epoch_end=board or on_epoch_end, data_ref=data_reference(dataset_or_path))  # fmt: skip
     try:
         return trainer.fit(resume=resume)
     finally:
+        if board is not None:
+            board.close()
         if trainer.dist.owns_group and dist.is_initialized():
             dist.destroy_process_group()
 
@@ -546,28 +613,44 @@ def train_seeds(
     parallel: bool = False,
     text: str = "auto",
     mmap_dir: str | None = None,
+    tensorboard: str | Path | None = None,
 ) -> SeedsResult:
     """Train several seeds (default ``train_config.seeds``, 1111-1115) into ``run_dir/seed_<n>/``.
 
     Writes ``summary.json`` and ``summary.csv``: mean and std (ddof=0) over seeds of every test
     metric. ``parallel=True`` under torchrun: rank r trains seeds r, r+W, ... on its own device
-    (no DDP); otherwise each seed uses every rank (DDP) in turn.
+    (no DDP; ranks may finish at very different times, see :func:`wait_for_ranks`); otherwise
+    each seed uses every rank (DDP) in turn. ``tensorboard``: a folder for
+    TensorBoard event files, one run per seed (``tensorboard/seed_<n>``).
     """
+    from .tensorboard import TensorBoardLogger
+
+    board = TensorBoardLogger(tensorboard) if tensorboard is not None else None
     train_config = train_config or TrainConfig()
     seeds = tuple(train_config.seeds if seeds is None else seeds)
     ds, cfg = open_dataset(dataset_or_path, model_config, text, mmap_dir)
     run_dir = Path(run_dir)
-    info, dev = init_distributed(device)
+    info, dev = init_distributed(device, backend="gloo" if parallel else None)  # parallel: no GPU collective
     mine = seeds[info.rank :: info.world_size] if parallel else seeds
+    token = parallel_token(info) if parallel and info.enabled else None
     results = {}
     try:
-        for seed in tqdm(mine, desc="seeds", disable=not progress or not info.is_main or len(mine) < 2):
-            trainer = Trainer(cfg, ds, train_config, runs.seed_dir(run_dir, seed), seed, device=dev,
-                              progress=progress and info.is_main, data_ref=data_reference(dataset_or_path),
-                              distributed=not parallel)  # fmt: skip
-            results[seed] = trainer.fit(resume=resume)
-        if info.enabled:
-            dist.barrier()
+        try:
+            for seed in tqdm(mine, desc="seeds", disable=not progress or not info.is_main or len(mine) < 2):
+                trainer = Trainer(cfg, ds, train_config, runs.seed_dir(run_dir, seed), seed, device=dev,
+                                  progress=progress and info.is_main, data_ref=data_reference(dataset_or_path),
+                                  distributed=not parallel, on_epoch_end=board)  # fmt: skip
+                results[seed] = trainer.fit(resume=resume)
+        except BaseException as err:
+            if token is not None and not info.is_main:
+                report_done(run_dir, info.rank, token, error=f"{type(err).__name__}: {err}")
+            raise
+        if token is not None and info.is_main:  # parallel seeds: files, no collective (ranks may finish hours apart)
+            wait_for_ranks(run_dir, info.world_size, token)
+        elif token is not None:
+            report_done(run_dir, info.rank, token)
+        elif info.enabled:
+            dist.barrier()  # DDP: every rank trained every seed together
         summary = None
         if info.is_main:
             per_seed = {s: runs.read_json(runs.seed_dir(run_dir, s) / runs.TEST_METRICS) for s in seeds}
@@ -576,6 +659,55 @@ def train_seeds(
             means = ", ".join(f"{k} {summary['metrics'][k]['mean']:.4f}" for k in ("MAE", "Non0_acc_2", "Mult_acc_7"))
             log.info("%d seeds: %s", len(seeds), means)
     finally:
+        if board is not None:
+            board.close()
         if info.owns_group and dist.is_initialized():
             dist.destroy_process_group()
     return SeedsResult(run_dir, results, summary)
+
+
+# ---- parallel seeds: ranks finish at different times ----------------------------------------------------------
+
+# How long rank 0 waits for the other ranks' seeds (parallel seeds): long enough for any seed of the recipe.
+PARALLEL_WAIT_S = 7 * 24 * 3600.0
+
+
+def parallel_token(info: DistInfo) -> str:
+    """An id of this ``train_seeds`` call, the same on every rank (rank 0's, broadcast once, at the start)."""
+    token = [uuid.uuid4().hex if info.is_main else None]
+    dist.broadcast_object_list(token, src=0)
+    return str(token[0])
+
+
+def done_file(run_dir: Path, rank: int) -> Path:
+    return Path(run_dir) / f".rank{rank}.done"
+
+
+def report_done(run_dir: Path, rank: int, token: str, error: str | None = None) -> None:
+    """Rank ``rank`` has trained all its seeds (or failed, ``error``): it says so in a file and may exit."""
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    runs.write_json(done_file(run_dir, rank), {"token": token, "error": error})
+
+
+def wait_for_ranks(run_dir: Path, world_size: int, token: str, timeout: float = PARALLEL_WAIT_S,
+                   poll: float = 0.5) -> None:  # fmt: skip
+    """Rank 0 waits until every other rank has reported its seeds done (files, so no collective timeout).
+
+    Files of an earlier call (another ``token``) are not counted. Raises if a rank reports a failure,
+    or :class:`TimeoutError` after ``timeout`` seconds. The files are removed once read.
+    """
+    deadline, pending = time.monotonic() + timeout, set(range(1, world_size))
+    while pending:
+        for rank in sorted(pending):
+            path = done_file(run_dir, rank)
+            note = runs.read_json(path) if path.is_file() else {}
+            if note.get("token") != token:
+                continue
+            if note.get("error"):
+                raise RuntimeError(f"parallel seeds: rank {rank} failed: {note['error']}")
+            pending.discard(rank)
+            path.unlink(missing_ok=True)
+        if pending and time.monotonic() > deadline:
+            raise TimeoutError(f"parallel seeds: ranks {sorted(pending)} did not finish within {timeout:.0f} s")
+        if pending:
+            time.sleep(poll)

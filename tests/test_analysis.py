@@ -44,9 +44,7 @@ def ds(settings, data_file):
 
 
 def test_paper_scale_restores_the_recipe_full_data_and_five_seeds():
-    s = book.BookSettings(
-        paper_scale=True, d=16, nlevels=1, lr=1e-3, accumulation=1, epochs=3, scale=0.1, threads=1
-    )
+    s = book.BookSettings(paper_scale=True, d=16, nlevels=1, lr=1e-3, accumulation=1, epochs=3, scale=0.1, threads=1)
     assert (s.scale, s.epochs, s.d, s.heads, s.nlevels, s.lr, s.accumulation) == (
         1.0,
         None,
@@ -204,7 +202,7 @@ def test_feature_similarity_is_a_symmetric_cosine_table_with_unit_diagonal(setti
                                                      table.loc["c_V", "c_A"]]))  # fmt: skip
     model.train()
     projected = analysis.decoupled_features(model, ds["test"], max_samples=4, view="projected")
-    assert projected["s_A"].shape == (4, 8)
+    assert projected["c_A"].shape == (4, 8) and "s_A" not in projected  # s_m has no projection (not built)
     assert model.training  # the caller's mode is restored
     with pytest.raises(ValueError, match="view"):
         analysis.decoupled_features(model, ds["test"], view="raw")
@@ -387,12 +385,27 @@ def test_final_edges_are_the_last_epochs_validation_means():
     assert "no clear relation" in book.agreement_verdict({"HomoGD": 0.1})
 
 
+def test_agreement_verdict_merges_units_that_found_the_same():
+    both = book.agreement_verdict({"HomoGD": -0.8, "HeteroGD": -0.6})
+    assert both.startswith("So, in both GD-Units, the heavier edges join modalities that agree more. The logit term")
+    assert "HomoGD" not in both and " do " not in both
+    mixed = book.agreement_verdict({"HomoGD": -0.8, "HeteroGD": 0.1})
+    assert mixed.startswith("So, in HomoGD, the heavier edges join modalities that agree more, while in HeteroGD, "
+                            "weight and disagreement show no clear relation. ")  # fmt: skip
+    neither = book.agreement_verdict({"HomoGD": 0.2, "HeteroGD": -0.1})
+    assert neither.startswith("So, in both GD-Units, weight and disagreement show no clear relation.")
+
+
 def test_verdicts_report_what_came_out():
     pattern = pd.Series([0.05, 0.05, 0.35, 0.05, 0.4, 0.1], index=list(EDGE_NAMES))
     hetero = pd.Series([0.05, 0.05, 0.25, 0.05, 0.3, 0.3], index=list(EDGE_NAMES))
     assert book.edge_verdict(pattern, hetero).startswith("As in the paper")
     flat = pd.Series([0.3, 0.3, 0.1, 0.1, 0.1, 0.1], index=list(EDGE_NAMES))
-    assert "Unlike the paper" in book.edge_verdict(flat, hetero)
+    assert book.edge_verdict(flat, hetero) == ("Unlike the paper, HomoGD's two largest edges are A→L and V→L, but "
+                                               "HeteroGD's three largest are L→A, L→V and V→A, as in the paper.")  # fmt: skip
+    other = pd.Series([0.3, 0.25, 0.05, 0.2, 0.15, 0.05], index=list(EDGE_NAMES))
+    assert book.edge_verdict(pattern, other) == ("As in the paper, L→A and L→V are HomoGD's two largest edges, while "
+                                                "HeteroGD's three largest are A→L, A→V and V→L.")  # fmt: skip
     assert "from the prior" in book.prior_verdict(0.01)
     assert "survives" in book.prior_verdict(0.9)
     names = [
@@ -404,7 +417,7 @@ def test_verdicts_report_what_came_out():
     summary = pd.DataFrame({"homo A": [0.02, 0.30, 0.02, 0.40], "hetero A": [0.1, 0.3, 0.1, 0.5],
                             "homo L": [0.96, 0.3, 0.95, 0.2]}, index=names)  # fmt: skip
     verdict = book.follow_verdict(summary)
-    assert verdict.startswith("Without a prior the graph does turn towards audio")
+    assert verdict.startswith("Without a prior the graph turns towards audio in both GD-Units: audio's teacher share")
     assert "+0.100 in HomoGD and +0.200 in HeteroGD" in verdict and "the prior, not the data, decides" in verdict
     summary.loc["audio signal, no prior", "hetero A"] = 0.29
     assert "only in HomoGD" in book.follow_verdict(summary)
@@ -455,7 +468,15 @@ def test_ablation_table_and_verdict_compare_against_seed_noise():
     shown = book.ablation_display(table)
     assert shown.loc["DMD (full)", "Acc-2 (%)"] == "81.0 ± 1.0" and shown.loc["DMD (full)", "MAE"] == "0.750 ± 0.050"
     verdict = book.ablation_verdict(table)
-    assert "without decoupling losses: +0.5 points, within two standard deviations" in verdict
-    assert "without graph distillation: -11.0 points, beyond two standard deviations" in verdict
+    assert verdict == ("In Acc-2, against DMD (full): without decoupling losses (+0.5 points) is within two standard "
+                       "deviations of seed noise; without graph distillation (-11.0 points) is beyond two standard "
+                       "deviations of seed noise.")  # fmt: skip
+    results["without the prior"] = _seed_runs([0.80, 0.81], [0.7, 0.7])
+    merged = book.ablation_verdict(analysis.ablation_table(results))
+    assert "without decoupling losses (+0.5 points) and without the prior (-0.5 points) are within two" in merged
+    assert merged.count("within two standard deviations") == 1
     one = analysis.ablation_table({k: _seed_runs([0.8], [0.7]) for k in ("a", "b")})
-    assert "one seed" in book.ablation_verdict(one)
+    assert (
+        book.ablation_verdict(one)
+        == "In Acc-2, against a: b (+0.0 points) is from one seed, with no spread to compare with."
+    )

@@ -36,7 +36,7 @@ def test_a_run_measures_throughput_memory_and_mfu(result):
     assert result["peak_rss_gb"] > 0.1 and result["peak_device_gb"] is None
     # Official MOSI model: a training sample costs about 3x an evaluation sample (forward + backward).
     assert 2.0 < result["flops_per_train_sample"] / result["flops_per_eval_sample"] < 4.0
-    assert 0 < result["train_mfu"] < 1 and result["peak_matmul_flops"] > 1e9
+    assert 0 < result["train_mfu"] < 1 and result["peak_flops"] > 1e9
     assert {"cpu", "torch", "commit", "date", "cpu_attention"} <= result["machine"].keys()
     assert result["machine"]["cpu_attention"] in ("compiled", "pytorch tiling")
 
@@ -57,7 +57,7 @@ def test_model_flops_count_dense_attention_whatever_kernel_runs():
     text, audio, vision, labels = tiny_inputs(cfg)
     batch = type("B", (), dict(text=text, audio=audio, vision=vision, labels=labels.reshape(-1)))
     before = kernels.BACKEND
-    counted = bench.count_flops(model, batch, bf16=False, train=True)
+    counted = bench.count_flops(model, batch, precision="fp32", train=True)
     assert kernels.BACKEND == before  # restored
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -85,3 +85,72 @@ def test_settings_name_and_configure_the_model():
     assert cfg.bert.config["num_hidden_layers"] == 2 and cfg.feature_dims[0] == 128
     assert cfg.seq_lens == preset("mosei", False).seq_lens
     assert torch.get_num_threads() >= 1
+
+
+def test_the_result_says_where_the_mfu_peak_comes_from(result):
+    assert result["peak_flops_source"] == "timed" and result["peak_flops"] > 1e9  # a CPU has no datasheet entry
+    assert result["train_mfu"] == pytest.approx(result["flops_per_train_sample"] * result["train_samples_per_s"]
+                                                / result["peak_flops"])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "gpu,dtype,tflops",
+    [("NVIDIA H100 80GB HBM3", "bf16", 989.4), ("NVIDIA H100 PCIe", "tf32", 378.0), ("NVIDIA H200", "fp16", 989.4),
+     ("NVIDIA A100-SXM4-40GB", "tf32", 156.0), ("NVIDIA A100-PCIE-80GB", "fp32", 19.5), ("NVIDIA A10G", "bf16", 70.0), ("NVIDIA A10G", "tf32", 35.0),
+     ("NVIDIA L4", "bf16", 121.0), ("Tesla T4", "fp16", 65.0), ("Tesla T4", "tf32", 8.1),
+     ("Tesla V100-SXM2-16GB", "fp16", 125.0), ("Tesla V100-PCIE-32GB", "fp32", 14.0)],
+)  # fmt: skip
+def test_datasheet_peaks_are_dense_and_looked_up_by_gpu_name(gpu, dtype, tflops):
+    assert bench.datasheet_peak_flops(gpu, dtype) == pytest.approx(tflops * 1e12)
+
+
+def test_unknown_gpus_and_missing_dtypes_have_no_datasheet_peak():
+    assert bench.datasheet_peak_flops("Tesla T4", "bf16") is None  # no bf16 units: emulated, no datasheet rate
+    assert bench.datasheet_peak_flops("NVIDIA GeForce RTX 4090", "bf16") is None
+    assert bench.datasheet_peak_flops("NVIDIA L40S", "bf16") is None  # not the L4
+    assert bench.datasheet_peak_flops("NVIDIA A100 80GB PCIe", "bf16") == pytest.approx(312e12)  # not the A10G
+
+
+def test_the_mfu_peak_is_timed_only_for_gpus_without_a_datasheet_entry(monkeypatch):
+    timed = []
+    monkeypatch.setattr(bench, "peak_matmul_flops", lambda device, dtype: timed.append(dtype) or 1e12)
+    gpu = torch.device("cuda", 0)
+    assert bench.peak_flops(gpu, "NVIDIA H200", "bf16", tf32=True) == (pytest.approx(989.4e12), "datasheet", "bf16")
+    assert bench.peak_flops(gpu, "NVIDIA H200", "fp32", tf32=True) == (pytest.approx(494.7e12), "datasheet", "tf32")
+    assert bench.peak_flops(gpu, "NVIDIA H200", "fp32", tf32=False)[2] == "fp32"
+    assert timed == []
+    assert bench.peak_flops(gpu, "Some New GPU", "fp16", tf32=True) == (1e12, "timed", "fp16")
+    assert timed == [torch.float16]
+
+
+class _Reached(Exception):
+    pass
+
+
+def test_bench_on_cuda_1_initialises_cuda_before_asking_for_device_1(monkeypatch):
+    """``dmd bench --device cuda:1``: PyTorch's memory statistics of device 1 fail before CUDA is initialised."""
+    state = {"init": False, "current": None}
+
+    def init():
+        state["init"] = True
+
+    def set_device(device):
+        state["init"], state["current"] = True, torch.device(device)  # set_device initialises CUDA
+
+    def reset_peak_memory_stats(device=None):
+        if not state["init"]:
+            raise RuntimeError("Invalid device argument 1: did you call init?")  # what PyTorch raises
+
+    class Trainer:  # stops the benchmark once the device is ready
+        def __init__(self, *args, **kwargs):
+            raise _Reached
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "init", init)
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", reset_peak_memory_stats)
+    monkeypatch.setattr("dmd_core.trainer.Trainer", Trainer)
+    with pytest.raises(_Reached):
+        bench.run_benchmark(bench.BenchSetting(device="cuda:1", **TINY))
+    assert state["current"] == torch.device("cuda", 1)

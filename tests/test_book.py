@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 import re
 from pathlib import Path
 
@@ -180,9 +181,12 @@ def test_parse_value_reads_json_scalars_and_falls_back_to_strings():
 
 def test_chapter_parameters_layer_ci_values_work_dir_and_overrides():
     params = build.chapter_parameters("04_training", True, Path("/tmp/w"), {"device": "cpu", "epochs": 2})
-    assert params["work_dir"] == "/tmp/w" and params["device"] == "cpu" and params["epochs"] == 2
+    # relative to the notebooks' working directory (the repository root): pages show no machine path
+    relative = os.path.relpath("/tmp/w", build.ROOT)
+    assert params["work_dir"] == relative and params["device"] == "cpu" and params["epochs"] == 2
     assert params["d"] == build.CI_COMMON["d"]
-    assert build.chapter_parameters("04_training", False, Path("/tmp/w"), {}) == {"work_dir": "/tmp/w"}
+    assert build.chapter_parameters("04_training", False, Path("/tmp/w"), {}) == {"work_dir": relative}
+    assert build.chapter_parameters("04_training", False, build.ROOT / "runs" / "book", {}) == {"work_dir": "runs/book"}
 
 
 def test_notebook_problems_flags_unexecuted_cells_errors_and_warnings(tmp_path):
@@ -208,3 +212,31 @@ def test_notebook_problems_flags_unexecuted_cells_errors_and_warnings(tmp_path):
 def test_the_executed_copies_and_screenshots_are_not_committed():
     ignored = (ROOT / ".gitignore").read_text() + (ROOT / "book" / ".gitignore").read_text()
     assert "executed/" in ignored and "screenshots/" in ignored
+
+
+def test_the_book_serves_its_own_mathjax_so_math_renders_offline():
+    # _config.yml: the extension that copies MathJax 3 into _build/html/_static/mathjax/, and a relative
+    # mathjax_path (under _static) instead of the CDN that Sphinx uses by default.
+    sphinx = CONFIG["sphinx"]
+    assert "sphinx-mathjax-offline" in sphinx["extra_extensions"]
+    path = sphinx["config"]["mathjax_path"]
+    assert not re.match(r"^(https?:)?//", path) and not Path(path).is_absolute(), path
+    assert not re.search(r"https?://[^\s\"']*mathjax", (ROOT / "_config.yml").read_text(), re.IGNORECASE)
+    # pip installs it with the book (`make book`), and it ships the file that mathjax_path names.
+    extras = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'"sphinx-mathjax-offline[>=<~\d.,]*"', extras)
+    spec = importlib.util.find_spec("sphinx-mathjax-offline")
+    assert spec is not None, "sphinx-mathjax-offline is not installed (pip install -e '.[book]')"
+    assert (Path(spec.origin).parent / "static" / path).is_file()  # mathjax_path is relative to _static
+
+
+def test_the_book_check_rejects_a_page_whose_mathjax_is_not_served_locally(tmp_path):
+    (tmp_path / "_static" / "mathjax").mkdir(parents=True)
+    (tmp_path / "_static" / "mathjax" / "tex-chtml.js").write_text("")
+    page = tmp_path / "page.html"
+    page.write_text('<script defer="defer" src="_static/mathjax/tex-chtml.js"></script>')
+    assert build.mathjax_problems(page) == []
+    page.write_text('<script src="https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"></script>')
+    assert "not served by the book" in build.mathjax_problems(page)[0]
+    page.write_text('<script src="_static/mathjax/tex-svg.js"></script>')
+    assert "does not hold" in build.mathjax_problems(page)[0]

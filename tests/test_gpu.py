@@ -7,11 +7,11 @@
 * a training epoch whose mini-batch loop never waits for the GPU (``torch.cuda.set_sync_debug_mode("error")``).
 
 Where it runs: ``DMD_TEST_DEVICE`` when set, else CUDA when present; without either every test is skipped
-(CI has no GPU). ``DMD_TEST_DEVICE=cpu`` runs the same tests on the CPU, minus the one that needs CUDA
-itself (sync debug mode), so that ``gpu_check.py --dry-run`` keeps this file working while no GPU is at hand;
-there ``torch.compile`` uses the ``aot_eager`` backend (Inductor's C++ build of the model takes minutes on
-two cores). Measured errors are recorded as test properties: ``gpu_check.py`` reads them from the JUnit XML
-into its report.
+(CI has no GPU). ``DMD_TEST_DEVICE=cpu`` runs the same tests on the CPU, minus those that need CUDA itself
+(sync debug mode, data placed on the GPU), so that ``gpu_check.py --dry-run`` keeps this file working while no
+GPU is at hand; there ``torch.compile`` gets the ``eager`` backend (Dynamo's tracing only: Inductor's C++ build
+of the model takes minutes on two cores). Measured errors are recorded as test properties: ``gpu_check.py``
+reads them from the JUnit XML into its report.
 """
 
 from __future__ import annotations
@@ -23,13 +23,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 import dmd_core
+from dmd_core import predict, train
 from dmd_core import reference as R
 from dmd_core.bench import random_split
 from dmd_core.config import BertSpec, TrainConfig, preset
 from dmd_core.data import MMSADataset
-from dmd_core.train import Trainer, predict, train
+from dmd_core.trainer import Trainer
 
 from .conftest import tiny_config
 
@@ -40,17 +42,27 @@ pytestmark = pytest.mark.skipif(not DEVICE, reason="needs a CUDA GPU (or DMD_TES
 cuda_only = pytest.mark.skipif(not ON_CUDA, reason="needs CUDA itself")
 
 # The CPU tests' bounds (tests/test_reference.py): exact float32 on the GPU must meet them too. TF32 (10-bit
-# mantissa) misses them by an order of magnitude.
+# mantissa) does not: about 3e-4 relative error on a 1024-long dot product, where float32 makes 3e-7.
 ATOL, RTOL = 1e-5, 1e-4
 # Autocast against float32 on the same weights: relative L2 error of each output (prediction, branch logits,
 # GD edges) over a batch of the official MOSI model. Measured on CPU: bf16 about 1e-2, fp16 about 1e-3.
 AUTOCAST_BOUND = {"bf16": 5e-2, "fp16": 1e-2}
 AUTOCAST_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16}
-PRECISIONS = ("bf16",)  # mixed precisions the trainer offers
+PRECISIONS = ("bf16", "fp16")  # the trainer's mixed precisions
 SMALL_BERT = dict(vocab_size=1100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                   intermediate_size=32, max_position_embeddings=32)  # fmt: skip
 NO_DROPOUT = dict(text_dropout=0.0, attn_dropout=0.0, attn_dropout_a=0.0, attn_dropout_v=0.0, embed_dropout=0.0,
                   relu_dropout=0.0, res_dropout=0.0, output_dropout=0.0)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def one_cpu_thread():
+    """On the CPU, one thread: tiny models gain nothing from more, and oversubscribed cores cost a lot."""
+    before = torch.get_num_threads()
+    if not ON_CUDA:
+        torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _tf32_knobs() -> tuple[list[tuple[object, str]], object]:
@@ -95,9 +107,12 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm())
 
 
-def _max_rel(ours: dict, expected: dict) -> float:
-    return max(float(((ours[k].double() - v.double()).abs() / (v.double().abs() + ATOL)).max()) for k, v in
-               expected.items())  # fmt: skip
+def _bound_used(ours: dict, expected: dict) -> tuple[float, float]:
+    """How much of the bound ``|a - b| <= ATOL + RTOL |b|`` the worst element uses (1: all of it), and the worst
+    absolute difference."""
+    diffs = {k: (ours[k].double() - v.double()).abs() for k, v in expected.items()}
+    used = max(float((d / (ATOL + RTOL * expected[k].double().abs())).max()) for k, d in diffs.items())
+    return used, max(float(d.max()) for d in diffs.values())
 
 
 # ---- exact float32 -----------------------------------------------------------------------------------------
@@ -124,7 +139,7 @@ def test_exact_fp32_turns_tf32_off_and_restores_the_flags(record_property):
         finally:
             setattr(obj, name, before[0])
         record_property("tf32_matmul_rel_err", err)
-        assert err > 10 * RTOL, f"TF32 matmul off by only {err:.1e}: the bound would not tell it from float32"
+        assert err > RTOL, f"TF32 matmul off by only {err:.1e}: the fixtures' bound would not tell it from float32"
 
 
 def test_reference_fixtures_are_reproduced_in_exact_float32(fixture, record_property):
@@ -135,12 +150,13 @@ def test_reference_fixtures_are_reproduced_in_exact_float32(fixture, record_prop
     with exact_fp32():
         ours = R.probe(model.to(DEVICE), inp["text"], inp["audio"], inp["vision"], inp["labels"])
     ours = {k: {n: t.cpu() for n, t in v.items()} if isinstance(v, dict) else v.cpu() for k, v in ours.items()}
-    record_property("outputs_max_rel_err", _max_rel(ours["outputs"], fixture["outputs"]))
-    record_property("gd_max_rel_err", _max_rel(ours["gd"], fixture["gd"]))
-    for group in ("outputs", "gd"):
-        assert set(ours[group]) == set(fixture[group])
-        for name, expected in fixture[group].items():
-            torch.testing.assert_close(ours[group][name], expected, atol=ATOL, rtol=RTOL,
+    for group in ("outputs", "gd"):  # every tensor our probe reports (test_reference.py checks the names)
+        expected = {name: fixture[group][name] for name in ours[group]}
+        used, worst = _bound_used(ours[group], expected)
+        record_property(f"{group}_bound_used", used)
+        record_property(f"{group}_max_abs_err", worst)
+        for name, value in expected.items():
+            torch.testing.assert_close(ours[group][name], value, atol=ATOL, rtol=RTOL,
                                        msg=lambda m, name=name: f"{name}: {m}")  # fmt: skip
     for name in ("margin_loss", "ort_loss_batch_axis"):
         torch.testing.assert_close(ours[name], fixture[name], atol=ATOL, rtol=RTOL)
@@ -178,7 +194,7 @@ def test_autocast_forward_stays_within_the_stated_bound_of_float32(precision, re
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_a_mixed_precision_training_epoch_gives_finite_losses(tmp_path, precision):
     cfg = tiny_config()
-    trainer = Trainer(cfg, _dataset(cfg), TrainConfig(batch_size=8, bf16=precision == "bf16"), tmp_path, seed=1,
+    trainer = Trainer(cfg, _dataset(cfg), TrainConfig(batch_size=8, precision=precision), tmp_path, seed=1,
                       device=DEVICE, progress=False, distributed=False)  # fmt: skip
     row = trainer.train_epoch()
     assert all(torch.isfinite(torch.tensor(v)) for v in row.values()), row
@@ -198,7 +214,7 @@ def test_small_datasets_move_to_the_gpu_once(tmp_path):
 def test_fit_resume_and_predict_on_the_device(tmp_path):
     cfg = tiny_config()
     ds = _dataset(cfg)
-    tc = TrainConfig(batch_size=8, accumulation=2, lr=1e-3, max_epochs=3, seeds=(3,))
+    tc = TrainConfig(batch_size=8, accumulation=2, lr=1e-3, max_epochs=3, seeds=(3,), tf32=False)
     full = train(cfg, ds, tc, tmp_path / "full", seed=3, device=DEVICE, progress=False)
     train(cfg, ds, tc.replace(max_epochs=2), tmp_path / "part", seed=3, device=DEVICE, progress=False)
     resumed = train(cfg, ds, tc, tmp_path / "part", seed=3, device=DEVICE, resume=True, progress=False)
@@ -209,33 +225,9 @@ def test_fit_resume_and_predict_on_the_device(tmp_path):
     run = dmd_core.load_run(tmp_path / "part")
     model = run.load_model("best", DEVICE)
     assert next(model.parameters()).device.type == torch.device(DEVICE).type
-    pred = predict(model, ds["test"], DEVICE)
+    pred = predict(model, ds["test"], DEVICE, batch_size=tc.batch_size)  # as the run's test: the same batches
     assert pred.ids == run.test_predictions["id"].tolist()
     assert pred.prediction.tolist() == pytest.approx(run.test_predictions["prediction"].tolist(), rel=1e-4, abs=1e-5)
-
-
-def test_compiled_training_matches_eager_training(tmp_path, monkeypatch, record_property):
-    cfg = tiny_config(**NO_DROPOUT)  # no dropout: both runs compute the same function
-    ds = _dataset(cfg, n=32)  # whole mini-batches only: one compiled graph
-    tc = TrainConfig(batch_size=8, accumulation=2, lr=1e-3, max_epochs=2, seeds=(5,), tf32=False)
-    eager = train(cfg, ds, tc, tmp_path / "eager", seed=5, device=DEVICE, progress=False)
-    original, calls = torch.compile, []
-
-    def spy(model, **options):
-        calls.append(options)
-        return original(model, **(options if ON_CUDA else {**options, "backend": "aot_eager"}))
-
-    monkeypatch.setattr(torch, "compile", spy)
-    torch._dynamo.reset()
-    compiled = train(cfg, ds, tc.replace(compile=True), tmp_path / "compiled", seed=5, device=DEVICE,
-                     progress=False)  # fmt: skip
-    from torch._dynamo.utils import counters
-
-    record_property("graph_breaks", sum(counters["graph_break"].values()))
-    assert calls, "compile=True did not call torch.compile"
-    for key in ("train_total", "valid_loss"):
-        assert [row[key] for row in compiled.history] == pytest.approx([row[key] for row in eager.history],
-                                                                       rel=1e-3), key  # fmt: skip
 
 
 def test_bert_is_fine_tuned(tmp_path):
@@ -285,3 +277,29 @@ def test_a_training_epoch_never_waits_for_the_gpu_inside_its_mini_batch_loop(tmp
         handle.remove()
     expected = n // batch_size // accumulation
     assert len(steps) == expected, f"synchronised after {len(steps)} of {expected} optimizer steps, at {where}"
+
+
+# ---- torch.compile, last: it takes longest, and a run stopped at its limit keeps the rest ------------------
+
+
+def test_compiled_training_matches_eager_training(tmp_path, monkeypatch, record_property):
+    cfg = tiny_config(**NO_DROPOUT)  # no dropout: both runs compute the same function
+    ds = _dataset(cfg, n=32)  # whole mini-batches only: one compiled graph
+    tc = TrainConfig(batch_size=8, accumulation=2, lr=1e-3, max_epochs=2, seeds=(5,), tf32=False)
+    eager = train(cfg, ds, tc, tmp_path / "eager", seed=5, device=DEVICE, progress=False)
+    original, calls = torch.compile, []
+
+    def spy(model, **options):
+        calls.append(options)
+        return original(model, **(options if ON_CUDA else {**options, "backend": "eager"}))
+
+    monkeypatch.setattr(torch, "compile", spy)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = train(cfg, ds, tc.replace(compile=True), tmp_path / "compiled", seed=5, device=DEVICE,
+                     progress=False)  # fmt: skip
+    record_property("graph_breaks", sum(counters["graph_break"].values()))
+    assert calls, "compile=True did not call torch.compile"
+    for key in ("train_total", "valid_loss"):
+        assert [row[key] for row in compiled.history] == pytest.approx([row[key] for row in eager.history],
+                                                                       rel=1e-3), key  # fmt: skip

@@ -11,6 +11,7 @@ run, and the whole thing within the CI budget (10 minutes on 2 cores;
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -24,6 +25,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = [p.stem for p in sorted((ROOT / "notebooks").glob("*.ipynb"))]
+_spec = importlib.util.spec_from_file_location("book_build", ROOT / "book" / "build.py")
+build = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(build)
 LIMIT_S = float(os.environ.get("DMD_BOOK_CI_LIMIT_S", 600))
 # Figures each chapter must show (glued figures with captions).
 MIN_FIGURES = {
@@ -76,6 +80,20 @@ def test_every_chapter_page_shows_its_figures_and_glued_numbers_and_no_error(bui
     assert html.count('class="pasted-text"') + html.count("pasted-inline") > 0, f"{name}: no glued number"
     for bad in ("Traceback", "Error:", "Warning:", "nan%"):
         assert bad not in re.sub(r"<[^>]+>", "", html), f"{name}: page shows {bad!r}"
+
+
+def test_pages_render_math_with_the_books_own_mathjax_and_show_no_machine_paths(built):
+    repo, work, _ = built
+    pages = [repo / "_build" / "html" / "book" / "executed" / f"{name}.html" for name in NOTEBOOKS]
+    pages.append(repo / "_build" / "html" / "book" / "method.html")
+    local = 0
+    for page in pages:
+        html = page.read_text(encoding="utf-8")
+        assert build.mathjax_problems(page) == [], build.mathjax_problems(page)
+        local += bool(re.search(r'<script[^>]*src="(\.\./)*_static/mathjax/[^"]+"', html))
+        for folder in (repo, work, work.resolve()):
+            assert str(folder) not in html, f"{page.name} shows the build machine's path {folder}"
+    assert local > 0, "no page loads the book's own MathJax"
 
 
 def test_later_chapters_reuse_the_training_chapters_run(built):

@@ -37,7 +37,8 @@ def test_environment_yml_and_pyproject_list_the_same_requirements():
 def test_runtime_dependencies_are_the_ones_the_package_needs():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = {re.split(r"[<>=!~ ]", r)[0].lower() for r in project["dependencies"]}
-    assert names == {"torch", "transformers", "numpy", "scikit-learn", "tqdm", "matplotlib", "seaborn", "pandas"}
+    assert names == {"torch", "transformers", "numpy", "scikit-learn", "tqdm", "matplotlib", "seaborn", "pandas",
+                     "huggingface_hub", "safetensors"}  # fmt: skip
 
 
 def test_torch_is_never_pinned_to_a_cpu_only_build():

@@ -91,25 +91,45 @@ def edge_verdict(homo: pd.Series, hetero: pd.Series) -> str:
     if homo_ok and hetero_ok:
         return ("As in the paper, L→A and L→V are HomoGD's two largest edges, and L→A, L→V and V→A "
                 "HeteroGD's three largest.")  # fmt: skip
-    parts = []
-    parts.append("As in the paper, L→A and L→V are HomoGD's two largest edges" if homo_ok
-                 else f"Unlike the paper, HomoGD's two largest edges are {' and '.join(sorted(top_homo))}")  # fmt: skip
-    parts.append("and HeteroGD's three largest are L→A, L→V and V→A as well." if hetero_ok
-                 else f"while HeteroGD's three largest are {', '.join(sorted(top_hetero))}.")  # fmt: skip
-    return " ".join(parts).replace("->", "→")
+    if homo_ok:
+        first = "As in the paper, L→A and L→V are HomoGD's two largest edges"
+    else:
+        first = f"Unlike the paper, HomoGD's two largest edges are {_and(sorted(top_homo))}"
+    second = ("but HeteroGD's three largest are L→A, L→V and V→A, as in the paper" if hetero_ok
+              else f"while HeteroGD's three largest are {_and(sorted(top_hetero))}")  # fmt: skip
+    return f"{first}, {second}.".replace("->", "→")
+
+
+def _and(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def _units(titles: list[str], of: int) -> str:
+    """``in both GD-Units`` when ``titles`` are all ``of`` (at least two) units, else ``in A and B``."""
+    if len(titles) == of == 2:
+        return "in both GD-Units"
+    if len(titles) == of > 2:
+        return "in every GD-Unit"
+    return f"in {_and(titles)}"
 
 
 def agreement_verdict(rhos: Mapping[str, float]) -> str:
     """What the rank correlations between edge weight and logit disagreement (per unit) say."""
-    parts = []
+    findings: dict[str, list[str]] = {}  # finding -> units, in the order the units come
     for title, rho in rhos.items():
         if rho <= -0.5:
-            parts.append(f"in {title} the heavier edges do join modalities that agree more")
+            finding = "the heavier edges join modalities that agree more"
         elif rho >= 0.5:
-            parts.append(f"in {title} the heavier edges join modalities that disagree more, the opposite")
+            finding = (
+                "the heavier edges join modalities that disagree more, the opposite of what the logit loss rewards"
+            )
         else:
-            parts.append(f"in {title} weight and disagreement show no clear relation")
-    return ("So " + "; ".join(parts) + ". The logit term is not the only force: the representation losses "
+            finding = "weight and disagreement show no clear relation"
+        findings.setdefault(finding, []).append(title)
+    clauses = [f"{_units(titles, len(rhos))}, {finding}" for finding, titles in findings.items()]
+    joined = clauses[0] if len(clauses) == 1 else ", while ".join(clauses) if len(clauses) == 2 else "; ".join(clauses)
+    return (f"So, {joined}. The logit term is not the only force: the representation losses "
             "and the training dynamics of the edge scores also move the weights.")  # fmt: skip
 
 
@@ -142,7 +162,7 @@ def follow_verdict(summary: pd.DataFrame, margin: float = 0.02) -> str:
     moved = [BRANCH_TITLES[b] for b, v in deltas.items() if v > margin]
     numbers = f"{deltas['homo']:+.3f} in HomoGD and {deltas['hetero']:+.3f} in HeteroGD"
     if len(moved) == 2:
-        text = f"Without a prior the graph does turn towards audio: audio's teacher share changes by {numbers}."
+        text = f"Without a prior the graph turns towards audio in both GD-Units: audio's teacher share changes by {numbers}."
     elif moved:
         text = f"Without a prior the graph turns towards audio only in {moved[0]}: audio's teacher share changes by {numbers}."
     else:
@@ -199,16 +219,19 @@ def ablation_verdict(table: pd.DataFrame, reference: str | None = None, metric: 
     """Which ablations differ from the full model by more than the seeds' spread (two standard deviations)."""
     reference = reference or str(table.index[0])
     base, std = table.loc[reference, f"{metric} mean"], table.loc[reference, f"{metric} std"]
-    parts = []
+    groups: dict[str, list[str]] = {"within": [], "beyond": [], "one seed": []}
     for name in table.index:
         if name == reference:
             continue
         delta = table.loc[name, f"{metric} mean"] - base
         spread = 2 * max(std, table.loc[name, f"{metric} std"])
-        if int(table.loc[name, "seeds"]) < 2 or spread == 0:
-            parts.append(f"{name}: {delta:+.1f} points (one seed: no spread to compare with)")
-        elif abs(delta) <= spread:
-            parts.append(f"{name}: {delta:+.1f} points, within two standard deviations of seed noise")
-        else:
-            parts.append(f"{name}: {delta:+.1f} points, beyond two standard deviations of seed noise")
-    return "In Acc-2, " + "; ".join(parts) + "." if parts else ""
+        kind = "one seed" if int(table.loc[name, "seeds"]) < 2 or spread == 0 else (
+            "within" if abs(delta) <= spread else "beyond")  # fmt: skip
+        groups[kind].append(f"{name} ({delta:+.1f} points)")
+    ends = {"within": "within two standard deviations of seed noise",
+            "beyond": "beyond two standard deviations of seed noise",
+            "one seed": "from one seed, with no spread to compare with"}  # fmt: skip
+    parts = [
+        f"{_and(names)} {'is' if len(names) == 1 else 'are'} {ends[kind]}" for kind, names in groups.items() if names
+    ]
+    return f"In Acc-2, against {reference}: " + "; ".join(parts) + "." if parts else ""

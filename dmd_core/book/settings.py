@@ -40,7 +40,8 @@ class BookSettings:
     sizes (``scale=1``), the official model (``d``, ``heads``, ``nlevels``, ``lr``,
     ``accumulation`` from the preset and recipe), early stopping (``epochs=None``) and
     the five official seeds, and PyTorch's default CPU threads. Give it the real file
-    (``data_path``), a BERT folder or hub name (``bert``) and a GPU.
+    (``data_path``), a BERT folder or hub name (``bert``) and a GPU. ``precision``: the
+    train config's (``"auto"``: bf16 on GPUs that have it, fp16 on Colab's T4, fp32 on CPU).
     """
 
     device: str = "auto"
@@ -61,6 +62,7 @@ class BookSettings:
     threads: int | None = None
     mmap_dir: str | None = None
     synth_seed: int = 0
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
@@ -156,8 +158,9 @@ class BookSettings:
         return ds.suggest_config(**{**sizes, **overrides})
 
     def train_config(self, **overrides: Any) -> TrainConfig:
-        """The official recipe with ``epochs`` as ``max_epochs``, the seeds, and ``lr``/``accumulation`` if set."""
-        recipe = {"max_epochs": self.epochs, "seeds": self.seeds}
+        """The official recipe with ``epochs`` as ``max_epochs``, the seeds, ``precision``, and ``lr``/``accumulation``
+        if set."""
+        recipe = {"max_epochs": self.epochs, "seeds": self.seeds, "precision": self.precision}
         recipe.update({k: getattr(self, k) for k in ("lr", "accumulation") if getattr(self, k) is not None})
         return TrainConfig(**{**recipe, **overrides})
 

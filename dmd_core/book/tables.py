@@ -85,7 +85,7 @@ def toy_decoupled(private: torch.Tensor, shared: torch.Tensor) -> Any:
 
     same = {m: private for m in MODALITIES}
     return Decoupled(x=same, private=same, shared={m: shared for m in MODALITIES}, recon=same,
-                     private_cycle=same, shared_sim={}, private_proj={})  # fmt: skip
+                     private_cycle=same, shared_sim={})  # fmt: skip
 
 
 def gd_unit_table(model: DMD) -> pd.DataFrame:

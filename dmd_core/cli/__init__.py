@@ -1,9 +1,10 @@
-"""The ``dmd`` command: ``dmd synth``, ``dmd train``, ``dmd test``, ``dmd bench``.
+"""The ``dmd`` command: ``dmd synth``, ``dmd train``, ``dmd test``, ``dmd predict``, ``dmd export``, ``dmd bench``.
 
 One module per command family (:mod:`~dmd_core.cli.synth`, :mod:`~dmd_core.cli.train`,
-:mod:`~dmd_core.cli.bench`), options shared by several commands in :mod:`~dmd_core.cli.options`,
-and one error wrapper (:func:`run_command`) for every command: the errors a user can fix end in
-one clear message and a non-zero exit code, never a traceback.
+:mod:`~dmd_core.cli.predict`, :mod:`~dmd_core.cli.export`, :mod:`~dmd_core.cli.bench`), options
+shared by several commands in :mod:`~dmd_core.cli.options`, and one error wrapper
+(:func:`run_command`) for every command: the errors a user can fix end in one clear message and a
+non-zero exit code, never a traceback.
 """
 
 from __future__ import annotations
@@ -17,15 +18,18 @@ from collections.abc import Callable
 
 log = logging.getLogger("dmd_core.cli")
 
-COMMAND_MODULES = ("dmd_core.cli.synth", "dmd_core.cli.train", "dmd_core.cli.bench")
+COMMAND_MODULES = ("dmd_core.cli.synth", "dmd_core.cli.train", "dmd_core.cli.predict", "dmd_core.cli.export",
+                   "dmd_core.cli.bench")  # fmt: skip
 
 
 def run_command(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Wrap a command: the errors a user can fix become one logged message and an exit code.
 
-    2: bad input (a missing or malformed file, an unknown option value, BERT not available);
+    2: bad input (a missing or malformed file, an unknown option value, BERT, a hub model or an optional
+    package not available);
     3: training diverged (non-finite loss); 130: interrupted.
     """
+    from ..tensorboard import TensorBoardUnavailableError
     from ..text_encoder import BertUnavailableError
     from ..trainer import NonFiniteLossError
 
@@ -34,7 +38,7 @@ def run_command(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse
             logging.getLogger().setLevel(logging.WARNING)
         try:
             return int(func(args) or 0)
-        except BertUnavailableError as err:
+        except (BertUnavailableError, TensorBoardUnavailableError) as err:
             log.error("%s", err)
             return 2
         except NonFiniteLossError as err:

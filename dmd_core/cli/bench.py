@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..bench import RESULTS, BenchSetting, record, run_benchmark
 from . import run_command
-from .options import add_alignment, add_device
+from .options import add_alignment, add_device, add_precision
 
 
 def add_cli(subparsers) -> None:
@@ -31,7 +31,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("--window-batches", type=int, default=20, help="mini-batches per timed training window")
     p.add_argument("--windows", type=int, default=3, help="timed windows (the median is reported)")
     p.add_argument("--eval-batches", type=int, default=10, help="mini-batches per timed evaluation window")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
+    add_precision(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results)")
     p.set_defaults(func=run_command(_bench))
@@ -41,11 +41,12 @@ def _bench(args: argparse.Namespace) -> int:
     setting = BenchSetting(
         dataset=args.dataset, aligned=args.aligned, bert_layers=args.bert_layers, bert_hidden=args.bert_hidden,
         batch_size=args.batch_size, device=args.device, threads=args.threads, window_batches=args.window_batches,
-        windows=args.windows, eval_batches=args.eval_batches, bf16=args.bf16, compile=args.compile,
+        windows=args.windows, eval_batches=args.eval_batches, precision=args.precision,
+        compile=args.compile,
     )  # fmt: skip
     result = run_benchmark(setting)
     path = record(result, args.out)
     print(f"{setting.name}: train {result['train_samples_per_s']:.1f} samples/s, eval "
           f"{result['eval_samples_per_s']:.1f} samples/s, peak RSS {result['peak_rss_gb']:.2f} GB, "
-          f"train MFU {100 * result['train_mfu']:.1f}% -> {path}")  # fmt: skip
+          f"train MFU {100 * result['train_mfu']:.1f}% ({result['peak_flops_source']} peak) -> {path}")  # fmt: skip
     return 0

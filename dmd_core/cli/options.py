@@ -22,6 +22,15 @@ def add_device(p: argparse.ArgumentParser, default: str | None = None) -> None:
                    + ")")  # fmt: skip
 
 
+def add_precision(p: argparse.ArgumentParser) -> None:
+    """``--precision {fp32,bf16,fp16,auto}``, and ``--bf16``: a hidden, deprecated alias of ``--precision bf16``."""
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default="fp32",
+                   help="fp32 (the recipe, default); bf16 or fp16 autocast (fp16 with a gradient scaler); auto: bf16 "
+                        "on GPUs that have it, fp16 on older GPUs (T4), fp32 on CPU. Labels, losses and metrics "
+                        "stay float32")  # fmt: skip
+    p.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help=argparse.SUPPRESS)
+
+
 def add_data_options(p: argparse.ArgumentParser) -> None:
     """What ``dmd train`` and ``dmd test`` need to read a file and build a model for it."""
     add_device(p)

@@ -16,10 +16,11 @@ from ..data import MMSADataset, load_mmsa
 from ..devices import pick_device
 from ..evaluation import evaluate, missing_modality_table
 from ..model import DMD
+from ..tensorboard import require_tensorboard
 from ..text_encoder import bert_spec
 from ..trainer import train_seeds
 from . import run_command
-from .options import add_data_options
+from .options import add_data_options, add_precision
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ examples:
   dmd train --data data/mosi_synth.pkl --seeds 1111 --max-epochs 20 --out runs/mosi_synth
   dmd train --data aligned_50.pkl --bert /models/bert-base-uncased --out runs/mosi_bert   # the paper's recipe
   dmd train --data aligned_50.pkl --out runs/mosi --resume          # continue an interrupted run
+  dmd train --data aligned_50.pkl --out runs/mosi --tensorboard runs/tb   # then: tensorboard --logdir runs/tb
   torchrun --nproc_per_node 4 -m dmd_core.cli train --data aligned_50.pkl --out runs/ddp   # DDP
   torchrun --nproc_per_node 5 -m dmd_core.cli train --data aligned_50.pkl --parallel-seeds --out runs/seeds
 
@@ -72,7 +74,7 @@ def _train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         batch_size=args.batch_size, lr=args.lr, accumulation=args.accumulation, grad_clip=args.grad_clip,
         plateau_patience=args.patience, early_stop=args.early_stop, max_epochs=args.max_epochs,
         seeds=tuple(args.seeds), leftover_step=not args.no_leftover_step, eval_batch_size=args.eval_batch_size,
-        bf16=args.bf16, tf32=not args.no_tf32, compile=args.compile,
+        precision=args.precision, tf32=not args.no_tf32, compile=args.compile,
     )  # fmt: skip
 
 
@@ -85,13 +87,16 @@ def _check_aligned(ds: MMSADataset, aligned: bool | None, path: str) -> None:
 def _cli_train(args: argparse.Namespace) -> int:
     overrides = _parse_overrides(args.set or [])
     bert, bert_dim = bert_spec(args.bert)  # before loading data: fail fast without BERT
+    if args.tensorboard:
+        require_tensorboard()  # likewise without the tensorboard extra
     ds = load_mmsa(args.data, text="bert" if bert is not None else "features", mmap_dir=args.mmap_dir)
     _check_aligned(ds, args.aligned, args.data)
     cfg = ds.suggest_config(args.dataset, bert=bert, text_dim=bert_dim, **overrides)
     tcfg = _train_config_from_args(args)
     out = Path(args.out or Path("runs") / Path(args.data).stem)
     result = train_seeds(cfg, ds, tcfg, out, seeds=tcfg.seeds, device=args.device, resume=args.resume,
-                         progress=not args.no_progress, parallel=args.parallel_seeds)  # fmt: skip
+                         progress=not args.no_progress, parallel=args.parallel_seeds,
+                         tensorboard=args.tensorboard)  # fmt: skip
     if result.summary is not None:
         _print_metrics({k: v["mean"] for k, v in result.summary["metrics"].items()},
                        {k: v["std"] for k, v in result.summary["metrics"].items()},
@@ -233,7 +238,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("--no-leftover-step", action="store_true",
                    help="drop the gradients of the last, incomplete group of mini-batches of each epoch, as the "
                         "reference does (default: they take an optimizer step)")  # fmt: skip
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    add_precision(p)
     p.add_argument("--no-tf32", action="store_true", help="keep float32 matmuls exact on CUDA (TF32 is on by default)")
     p.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
     p.add_argument(
@@ -248,6 +253,9 @@ def add_cli(subparsers) -> None:
         help="override a model config field, e.g. --set d=32 --set ort_axis=feature (repeatable)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="also write TensorBoard event files to DIR/seed_<n> (loss parts, learning rate, validation "
+                        "metrics, GD-Unit edges per epoch; needs the tensorboard extra): tensorboard --logdir DIR")  # fmt: skip
     p.set_defaults(func=run_command(_cli_train))
 
     t = subparsers.add_parser(

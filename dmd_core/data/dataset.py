@@ -64,6 +64,10 @@ def _move(t: torch.Tensor, device: torch.device | None) -> torch.Tensor:
     return t.to(device)
 
 
+def _device_of(x: ArrayLike) -> torch.device:
+    return x.device if isinstance(x, torch.Tensor) else torch.device("cpu")  # numpy (memory-mapped) arrays
+
+
 def _as_tensor(x: ArrayLike) -> torch.Tensor:
     return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x))  # a writable copy of a memory map
 
@@ -121,9 +125,13 @@ class Split:
         )  # fmt: skip
 
     def to(self, device: str | torch.device) -> Split:
-        """All arrays as tensors on ``device`` (memory-mapped arrays are read in; pinned copies for CUDA)."""
+        """All arrays as tensors on ``device`` (memory-mapped arrays are read in).
+
+        Plain copies: pinning the whole split first would make a second host copy, which PyTorch's
+        pinned-memory cache then keeps (per-batch copies, small, are pinned: see :meth:`batches`).
+        """
         device = torch.device(device)
-        return self._map(lambda x: _move(_as_tensor(x), device))
+        return self._map(lambda x: _as_tensor(x).to(device))
 
     def subset(self, indices: Sequence[int] | torch.Tensor | np.ndarray) -> Split:
         """The samples ``indices`` (in that order), as a new in-memory split."""
@@ -140,22 +148,33 @@ class Split:
                 device: str | torch.device | None = None, drop_last: bool = False) -> Iterator[Batch]:  # fmt: skip
         """Mini-batches in order, or in ``torch.randperm(N, generator=generator)`` order when shuffling.
 
-        The same generator state gives the same order. ``device``: where the tensors go
-        (default: where the split lives); CPU -> CUDA copies are pinned and non-blocking.
+        The same generator state gives the same order, on every device: the permutation is drawn
+        on the generator's device (the CPU for a default generator) and copied once per epoch to
+        where the split lives, so a split on the GPU is shuffled without a host-to-device copy per
+        mini-batch. ``device``: where the tensors go (default: where the split lives); CPU -> CUDA
+        copies are pinned and non-blocking.
         """
         if batch_size < 1:
             raise ValueError(f"Split.batches: batch_size must be positive, found {batch_size}")
         n = len(self)
-        order = torch.randperm(n, generator=generator) if shuffle else None
+        arrays = (self.text, self.audio, self.vision, self.labels)
+        cpu, orders = torch.device("cpu"), {}  # the permutation on every device an array (or the index) lives on
+        if shuffle:
+            order = torch.randperm(n, generator=generator, device=generator.device if generator is not None else cpu)
+            orders[order.device] = order
+            for where in {_device_of(x) for x in arrays} | {cpu}:
+                if where not in orders:
+                    orders[where] = _move(order, where)  # once per epoch
         target = None if device is None else torch.device(device)
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
             if drop_last and stop - start < batch_size:
                 break
-            rows = order[start:stop] if order is not None else slice(start, stop)
-            index = rows if order is not None else torch.arange(start, stop)
-            yield Batch(*(_move(_take(x, rows), target) for x in (self.text, self.audio, self.vision, self.labels)),
-                        index=index)  # fmt: skip
+            if orders:
+                rows, index = [orders[_device_of(x)][start:stop] for x in arrays], orders[cpu][start:stop]
+            else:
+                rows, index = [slice(start, stop)] * len(arrays), torch.arange(start, stop)
+            yield Batch(*(_move(_take(x, r), target) for x, r in zip(arrays, rows)), index=index)
 
 
 @dataclass(eq=False, repr=False)

@@ -17,9 +17,9 @@ import torch
 
 from ..config import DMDConfig
 from . import mmap
-from .dataset import SPLITS, ArrayLike, MMSADataset, Split
+from .dataset import SPLITS, ArrayLike, DataFormatError, MMSADataset, Split
 from .pickles import read_pickle
-from .validate import Allocator, check_dataset, prepare_split, split_names
+from .validate import Allocator, check_dataset, find_splits, prepare_split, split_names
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,8 @@ def load_mmsa(
     text: Literal["auto", "bert", "features"] = "auto",
     config: DMDConfig | None = None,
     mmap_dir: str | Path | None = None,
-    splits: Sequence[str] = SPLITS,
+    splits: Sequence[str] | Literal["all"] = SPLITS,
+    labels: Literal["required", "optional"] = "required",
 ) -> MMSADataset:
     """Read and validate an MMSA pickle (MOSI/MOSEI, aligned or unaligned; CH-SIMS too).
 
@@ -40,7 +41,10 @@ def load_mmsa(
     "features". ``config``: check sequence lengths, feature sizes and the BERT vocabulary
     size (``config.bert.config['vocab_size']``, else 30522) against it. ``mmap_dir``: convert
     once to ``.npy`` files there (reused while the source's size and mtime are unchanged)
-    and memory-map text/audio/vision. ``splits``: the splits to return.
+    and memory-map text/audio/vision. ``splits``: the splits to return; "all": every split the
+    file holds, whatever its name (new data may hold one split; not with ``mmap_dir``).
+    ``labels``: "optional" accepts splits without ``regression_labels`` (prediction on new data:
+    their labels are NaN); every other check is the same.
 
     Raises :class:`DataFormatError` for every problem with the file's content.
     """
@@ -51,9 +55,16 @@ def load_mmsa(
     if config is not None and (mode == "bert") != (config.bert is not None):
         raise ValueError(f"load_mmsa: text={mode!r} but config.bert is {config.bert!r}; a DMD with BERT reads token "
                          "ids (text='bert'), one without reads features (text='features')")  # fmt: skip
-    splits = list(splits)
-    if not splits or not all(isinstance(s, str) for s in splits):
-        raise ValueError(f"load_mmsa: splits must be a non-empty sequence of names, found {splits!r}")
+    if labels not in ("required", "optional"):
+        raise ValueError(f"load_mmsa: labels must be 'required' or 'optional', found {labels!r}")
+    require_labels = labels == "required"
+    every_split = isinstance(splits, str) and splits == "all"
+    if every_split and mmap_dir is not None:
+        raise ValueError("load_mmsa: splits='all' cannot be combined with mmap_dir; name the splits")
+    if not every_split:
+        splits = list(splits)
+        if not splits or not all(isinstance(s, str) for s in splits):
+            raise ValueError(f"load_mmsa: splits must be 'all' or a non-empty sequence of names, found {splits!r}")
     if not path.is_file():
         raise FileNotFoundError(f"load_mmsa: no MMSA file at {path}")
     if mmap_dir is None:
@@ -61,8 +72,10 @@ def load_mmsa(
             log.warning("%s is %.1f GB; load_mmsa(..., mmap_dir=...) needs far less memory", path,
                         path.stat().st_size / 1e9)  # fmt: skip
         data = read_pickle(path)
+        if every_split:
+            splits = find_splits(path, data)
         split_names(path, data, splits)
-        prepared = {name: prepare_split(path, name, data[name], Allocator(None)) for name in splits}
+        prepared = {name: prepare_split(path, name, data[name], Allocator(None), require_labels) for name in splits}
         extra = {k: v for k, v in data.items() if k not in SPLITS and k not in splits}
         del data
     else:
@@ -70,8 +83,12 @@ def load_mmsa(
         manifest = folder / "manifest.json"
         if not (manifest.is_file() and mmap.is_fresh(json.loads(manifest.read_text(encoding="utf-8")), path, splits)):
             log.info("converting %s to memory-mapped arrays in %s", path, folder)
-            mmap.convert(path, folder, splits)
+            mmap.convert(path, folder, splits, require_labels)
         prepared, extra = mmap.open_cached(path, folder, splits)
+        for name in splits:  # a cache converted for prediction may hold a split without labels
+            if require_labels and not prepared[name].stats.get("labelled", True):
+                raise DataFormatError(path, name, "regression_labels", expected="this key (labels; to score a file "
+                                      "without labels: dmd predict)", found="no labels in this split")  # fmt: skip
     info = check_dataset(path, {k: prepared[k] for k in splits}, mode, config)
     text_key = "text_bert" if mode == "bert" else "text"
     out = {}

@@ -40,8 +40,11 @@ def is_fresh(manifest: dict[str, Any], path: Path, wanted: Sequence[str]) -> boo
             and manifest.get("mtime_ns") == st.st_mtime_ns and set(wanted) <= set(manifest["splits"]))  # fmt: skip
 
 
-def convert(path: Path, folder: Path, wanted: Sequence[str]) -> None:
-    """Read ``path`` once, write every split's arrays as ``.npy`` plus a manifest into ``folder`` (atomically)."""
+def convert(path: Path, folder: Path, wanted: Sequence[str], require_labels: bool = True) -> None:
+    """Read ``path`` once, write every split's arrays as ``.npy`` plus a manifest into ``folder`` (atomically).
+
+    ``require_labels=False``: splits without labels are converted too (their stats say so).
+    """
     tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -52,7 +55,7 @@ def convert(path: Path, folder: Path, wanted: Sequence[str]) -> None:
         manifest: dict[str, Any] = {"format": CACHE_FORMAT, "source": str(path.resolve()), "size": None,
                                     "mtime_ns": None, "splits": {}}  # fmt: skip
         for name in names:
-            prep = prepare_split(path, name, data[name], alloc)
+            prep = prepare_split(path, name, data[name], alloc, require_labels)
             data[name] = None  # drop the raw split (and its spilled arrays) before the next one
             for key, arr in prep.arrays.items():
                 if isinstance(arr, np.memmap):

@@ -136,30 +136,40 @@ def _token_stats(tokens: np.ndarray) -> dict[str, Any]:
     }
 
 
-def prepare_split(path: Path, name: str, raw: Any, alloc: Allocator) -> Prepared:
-    """Check the structure of one split and convert it (float32 features, int64 tokens, (N,) labels)."""
+def prepare_split(path: Path, name: str, raw: Any, alloc: Allocator, require_labels: bool = True) -> Prepared:
+    """Check the structure of one split and convert it (float32 features, int64 tokens, (N,) labels).
+
+    ``require_labels=False`` (prediction on new data): a split without ``regression_labels`` gets NaN
+    labels and ``stats["labelled"] = False``; labels that are present are checked as always.
+    """
     if not isinstance(raw, dict):
         raise DataFormatError(path, name, expected="a dict of arrays (text, audio, vision, regression_labels, ...)",
                               found=f"a {type(raw).__name__}")  # fmt: skip
+    labelled = "regression_labels" in raw or require_labels
     for key in REQUIRED_KEYS:
-        if key not in raw:
+        if key not in raw and (labelled or key != "regression_labels"):
+            hint = " (to score a file without labels: dmd predict)" if key == "regression_labels" else ""
             raise DataFormatError(path, name, key, expected="this key (an MMSA split holds " + ", ".join(REQUIRED_KEYS)
-                                  + " and text or text_bert)", found=f"keys {sorted(map(str, raw))}")  # fmt: skip
+                                  + f" and text or text_bert){hint}", found=f"keys {sorted(map(str, raw))}")  # fmt: skip
     if "text" not in raw and "text_bert" not in raw:
         raise DataFormatError(path, name, "text", expected="'text' (features) or 'text_bert' (token ids)",
                               found=f"keys {sorted(map(str, raw))}")  # fmt: skip
-    labels = _numeric(path, name, "regression_labels", raw["regression_labels"], np.ndim(raw["regression_labels"]),
-                      "of labels")  # fmt: skip
-    if labels.ndim == 2 and labels.shape[1] == 1:
-        labels = labels.reshape(-1)
-    if labels.ndim != 1:
-        raise DataFormatError(path, name, "regression_labels", expected="shape (N,) or (N, 1)",
-                              found=f"shape {labels.shape}")  # fmt: skip
+    count_key = "regression_labels" if labelled else "audio"  # what the sample count is read from
+    if labelled:
+        labels = _numeric(path, name, "regression_labels", raw["regression_labels"],
+                          np.ndim(raw["regression_labels"]), "of labels")  # fmt: skip
+        if labels.ndim == 2 and labels.shape[1] == 1:
+            labels = labels.reshape(-1)
+        if labels.ndim != 1:
+            raise DataFormatError(path, name, "regression_labels", expected="shape (N,) or (N, 1)",
+                                  found=f"shape {labels.shape}")  # fmt: skip
+    else:
+        labels = np.full(len(_numeric(path, name, "audio", raw["audio"], 3, "(N, T_a, d_a)")), np.nan)
     n = labels.shape[0]
     if n == 0:
-        raise DataFormatError(path, name, "regression_labels", expected="at least one sample", found="an empty split")
+        raise DataFormatError(path, name, count_key, expected="at least one sample", found="an empty split")
     labels = labels.astype(np.float32)
-    if not np.all(np.isfinite(labels)):
+    if labelled and not np.all(np.isfinite(labels)):
         bad = np.flatnonzero(~np.isfinite(labels))
         raise DataFormatError(
             path,
@@ -174,12 +184,13 @@ def prepare_split(path: Path, name: str, raw: Any, alloc: Allocator) -> Prepared
     lists = {k: raw[k] for k in ("id", "raw_text", "annotations", "audio_lengths", "vision_lengths") if k in raw}
     for key, value in {**shaped, **lists}.items():
         if len(value) != n:
-            raise DataFormatError(path, name, key, expected=f"{n} samples (as regression_labels)",
+            raise DataFormatError(path, name, key, expected=f"{n} samples (as {count_key})",
                                   found=f"{len(value)}")  # fmt: skip
     if "text_bert" in shaped and shaped["text_bert"].shape[1] != 3:
         raise DataFormatError(path, name, "text_bert", expected="3 channels (token ids, attention mask, segments): "
                               "shape (N, 3, L)", found=f"shape {shaped['text_bert'].shape}")  # fmt: skip
-    stats: dict[str, Any] = {"n": n, "shapes": {k: list(v.shape) for k, v in shaped.items()}, "nonfinite": {}}
+    stats: dict[str, Any] = {"n": n, "shapes": {k: list(v.shape) for k, v in shaped.items()}, "nonfinite": {},
+                             "labelled": labelled}  # fmt: skip
     for key in ("text", "audio", "vision"):
         if key in shaped:
             arrays[key], stats["nonfinite"][key] = _clean_features(path, name, key, shaped[key], alloc)
@@ -309,3 +320,17 @@ def split_names(path: Path, data: dict[str, Any], wanted: Sequence[str]) -> list
             raise DataFormatError(path, name, expected=f"split {name!r} at the top level",
                                   found=f"top-level keys {sorted(map(str, data))}")  # fmt: skip
     return list(dict.fromkeys([*wanted, *(s for s in SPLITS if s in data)]))
+
+
+def find_splits(path: Path, data: dict[str, Any]) -> list[str]:
+    """Every top-level key holding a split (a dict with any of a split's keys), in the file's order.
+
+    What ``load_mmsa(..., splits="all")`` reads: a file of new data may hold one split of any name.
+    """
+    keys = {*REQUIRED_KEYS, "text", "text_bert"}
+    names = [str(k) for k, v in data.items() if isinstance(v, dict) and keys & set(map(str, v))]
+    if not names:
+        raise DataFormatError(path, expected="at least one split at the top level (a dict of arrays: "
+                              + ", ".join(REQUIRED_KEYS) + ", text or text_bert)",
+                              found=f"top-level keys {sorted(map(str, data))}")  # fmt: skip
+    return names
