@@ -18,7 +18,8 @@ from .distill import EDGE_NAMES, GraphDistillation
 from .evaluation import evaluate, predict, predict_arrays
 from .model import DMD, DMDOutput
 from .runs import load_run, load_seeds
-from .trainer import train, train_seeds
+from .seeds import train_seeds
+from .trainer import train
 
 __all__ = ["DMD", "DMDConfig", "DMDOutput", "BertSpec", "TrainConfig", "GraphDistillation", "EDGE_NAMES",
            "MODALITIES", "preset", "load_mmsa", "DataFormatError", "train", "train_seeds", "evaluate", "predict",

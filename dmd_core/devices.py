@@ -1,8 +1,9 @@
 """Devices, seeds, random-number states and ``torchrun`` process groups for the trainer.
 
 * :func:`pick_device`: CUDA, then Apple MPS, then CPU, or what the caller asks for.
-* :func:`resolve_precision`, :func:`autocast`, :func:`grad_scaler`: ``TrainConfig.precision``
-  (fp32, bf16, fp16 or auto) as an autocast context and a gradient scaler (fp16 only).
+* :func:`resolve_precision`, :func:`autocast`, :class:`GradientSteps`: ``TrainConfig.precision``
+  (fp32, bf16, fp16 or auto) as an autocast context, and the recipe's backward, clip and step
+  (with a gradient scaler for fp16).
 * :func:`configure_cuda`: TF32 on or off (PyTorch's ``fp32_precision`` settings where they exist).
 * :func:`seed_everything`, :func:`rng_state`, :func:`set_rng_state`: everything random
   (Python, numpy, torch CPU and CUDA) seeded, saved into checkpoints and restored, so a
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 from contextlib import nullcontext
@@ -120,6 +122,60 @@ def autocast(device: torch.device, precision: str | bool = "fp32"):
 def grad_scaler(device: torch.device, precision: str | bool) -> torch.amp.GradScaler:
     """A gradient scaler, enabled only for fp16 (whose small range needs the loss scaled up)."""
     return torch.amp.GradScaler(device.type, enabled=resolve_precision(precision, device) == "fp16")
+
+
+class GradientSteps:
+    """The recipe's backward, clip-by-value and optimizer step, in float32 or under fp16's gradient scaler.
+
+    float32 and bf16: ``backward`` is ``loss.backward()``, ``clip`` is ``clip_grad_value_`` on the
+    running sum of gradients, ``step`` is ``optimizer.step()``. fp16 (:func:`grad_scaler`): the loss
+    is scaled by S before each backward, so the running sum holds S times the true gradients; S
+    changes only in ``scaler.update()`` after a step, so it is fixed within an accumulation group,
+    and clipping the scaled sum by value at ``clip * S`` after every backward is clipping the true
+    sum at ``clip`` (S is a power of two: exact). ``scaler.step`` unscales once, before the
+    optimizer, and skips the step (lowering S) after an overflow; an overflow is recorded before
+    clipping, which would otherwise turn an infinity into a finite ``clip * S`` and hide it. (The
+    scaler's check for skipped steps is one host synchronisation per optimizer step, fp16 only.)
+    """
+
+    def __init__(self, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, device: torch.device,
+                 precision: str, clip: float) -> None:  # fmt: skip
+        self.params, self.optimizer, self.clip_value = params, optimizer, clip
+        self.scaler = grad_scaler(device, precision)
+        self.found_inf = torch.zeros((), device=device)  # fp16: an overflow in this accumulation group
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler.is_enabled():
+            self.found_inf.zero_()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()  # fp32/bf16: the scaler is off and returns the loss itself
+
+    def clip(self) -> None:
+        """Clip the running sum of gradients by value at ``clip`` (fp16: at ``clip * S``, see above)."""
+        if not self.scaler.is_enabled():
+            if self.clip_value > 0:
+                torch.nn.utils.clip_grad_value_(self.params, self.clip_value)
+            return
+        grads = [p.grad for p in self.params if p.grad is not None]
+        # Record an overflow before clipping turns it into a finite value (inv_scale 1: the gradients stay).
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, self.found_inf, torch.ones_like(self.found_inf))
+        if self.clip_value > 0:
+            bound = self.scaler.scale(torch.full_like(self.found_inf, self.clip_value))  # on the device: no sync
+            for g in grads:
+                g.clamp_(-bound, bound)
+
+    def step(self) -> None:
+        """One optimizer step; fp16: through the scaler (unscale once, skip after an overflow, update S)."""
+        if not self.scaler.is_enabled():
+            self.optimizer.step()
+            return
+        # An overflow seen before clipping becomes a NaN the scaler finds: it then skips the step and lowers S.
+        first = next(p.grad for p in self.params if p.grad is not None)
+        first.add_(torch.where(self.found_inf > 0, math.nan, 0.0))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
 
 
 # ---- seeds and RNG states --------------------------------------------------------------------------------------

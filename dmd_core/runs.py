@@ -237,6 +237,33 @@ def load_run(path: str | os.PathLike) -> Run:
     )
 
 
+# Fields of TrainConfig that may change when a run is resumed.
+RESUMABLE_CHANGES = ("max_epochs", "seeds", "eval_batch_size", "compile", "extra")
+
+
+def check_resumable(run_dir: str | os.PathLike, model_config: DMDConfig, train_config: TrainConfig, seed: int) -> None:
+    """The run in ``run_dir`` was made with the same model, recipe and seed (``max_epochs`` may grow)."""
+
+    def differing(ours: dict, theirs: dict, allowed: tuple[str, ...] = ()) -> list[str]:
+        ours = json_safe(ours)
+        return sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k) and k not in allowed)
+
+    saved = load_run(run_dir).meta
+    problems, saved_train = [], saved.get("train", {})
+    try:  # in today's fields (older config.json files hold `bf16` instead of `precision`)
+        saved_train = json_safe(TrainConfig.from_dict(saved_train).to_dict())
+    except (TypeError, ValueError):
+        pass  # compared as written
+    if diff := differing(model_config.to_dict(), saved.get("model", {})):
+        problems.append(f"model config differs in {diff}")
+    if diff := differing(train_config.to_dict(), saved_train, RESUMABLE_CHANGES):
+        problems.append(f"train config differs in {diff}")
+    if saved.get("seed") != seed:
+        problems.append(f"seed {saved.get('seed')} != {seed}")
+    if problems:
+        raise ValueError(f"cannot resume {run_dir}: " + "; ".join(problems))
+
+
 @dataclass
 class SeedRuns:
     """A multi-seed folder: ``runs`` by seed, ``summary`` (DataFrame: metric, mean, std, n)."""
@@ -264,7 +291,7 @@ def seed_dir(run_dir: str | os.PathLike, seed: int) -> Path:
 
 
 def load_seeds(path: str | os.PathLike) -> SeedRuns:
-    """Read a multi-seed folder written by :func:`dmd_core.trainer.train_seeds`."""
+    """Read a multi-seed folder written by :func:`dmd_core.seeds.train_seeds`."""
     path = Path(path)
     folders = sorted(p for p in path.glob("seed_*") if (p / CONFIG).is_file())
     if not folders:

@@ -3,7 +3,6 @@
 ::
 
     result = train(model_config, "mosi.pkl", TrainConfig(max_epochs=20), "runs/mosi", seed=1111)
-    results = train_seeds(model_config, dataset, train_config, "runs/mosi")   # seed_1111/, ... + summary
 
 Evaluation lives in :mod:`dmd_core.evaluation`, run folders in :mod:`dmd_core.runs`.
 
@@ -14,14 +13,12 @@ optimizer steps. ReduceLROnPlateau (factor 0.5, patience 5) and early stopping (
 without a validation loss lower by 1e-6) both watch the validation L1 loss, computed once
 per epoch. The test split is evaluated once, at the end, with the best-validation weights.
 
-Where we differ from the reference, on purpose: the leftover mini-batches at the end of an
-epoch (fewer than 10) take an optimizer step (the reference silently drops their gradients,
-so with fewer than 10 batches per epoch it never learns; ``TrainConfig(leftover_step=False)``
-restores that); predictions for metrics are computed under ``torch.inference_mode`` in eval
-mode (the reference keeps their autograd graphs); validation and test are not shuffled; the
-test split is not evaluated every epoch; only the best and the last checkpoints are kept;
-``max_epochs`` bounds a run. Gradients of every trainable parameter are clipped (the model
-and both GD-Units).
+Where we differ from the reference, on purpose (the book's method reference, "Training recipe",
+and the README list each): the leftover mini-batches of an epoch take an optimizer step
+(``TrainConfig(leftover_step=False)``: the reference's drop); metrics are computed without
+autograd graphs; validation and test are not shuffled; the test split is evaluated once, with the
+best-validation weights; only the best and last checkpoints are kept; ``max_epochs`` bounds a run; the
+gradients of the GD-Units are clipped with the model's.
 
 The columns of ``history.csv`` are listed in :mod:`dmd_core.runs`.
 
@@ -34,15 +31,8 @@ numbers, bit for bit, as a run that was never interrupted.
 Precision (``TrainConfig.precision``): ``fp32`` is the recipe; ``bf16`` and ``fp16`` run the
 model under autocast (``auto``: bf16 on GPUs with bf16 units, fp16 on older ones such as
 Colab's T4, fp32 on CPU). Labels, losses, metrics and the early-stopping comparison stay
-float32. fp16 adds a gradient scaler (``torch.amp.GradScaler``), made to respect the recipe:
-the loss is scaled by S before each backward, so the running sum holds S times the true
-gradients; S changes only in ``scaler.update()`` after a step, so it is fixed within an
-accumulation group, and clipping the scaled sum by value at ``grad_clip * S`` after every
-backward is clipping the true sum at ``grad_clip`` (S is a power of two: exact).
-``scaler.step`` unscales once, before Adam, and skips the step (lowering S) after an overflow;
-an overflow is recorded before clipping, which would otherwise turn an infinity into a finite
-``grad_clip * S`` and hide it. (The scaler's check for skipped steps is one host
-synchronisation per optimizer step, fp16 only.)
+float32. fp16's gradient scaler keeps the recipe's clipping exact: see
+:class:`~dmd_core.devices.GradientSteps`.
 
 Non-finite losses: each step records, on the device, whether the loss is finite. On CPU it is
 checked before every optimizer step; on CUDA (where a check is a host synchronisation) and
@@ -55,11 +45,7 @@ wrapped in ``DistributedDataParallel`` (NCCL on GPUs, gloo on CPU); each rank tr
 shard of the shuffled train split (padded to equal length, as ``DistributedSampler`` does);
 gradients are averaged over ranks at every backward, so the replicas stay identical. Rank 0
 validates, tests and writes every file; the validation loss is broadcast so that every rank
-takes the same scheduling and stopping decisions. ``train_seeds(..., parallel=True)`` instead
-runs different seeds on different ranks, which share nothing but a gloo process group used
-once, at the start: a rank that finishes early (fewer seeds, earlier early stopping) leaves a
-file saying so and exits, and rank 0 waits for those files (no collective, so no collective
-timeout: NCCL's is 10 minutes) before it writes the summary.
+takes the same scheduling and stopping decisions. Several seeds: :mod:`dmd_core.seeds`.
 """
 
 from __future__ import annotations
@@ -67,8 +53,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -83,9 +68,9 @@ from .config import DMDConfig, TrainConfig
 from .data import data_reference, open_dataset
 from .devices import (
     DistInfo,
+    GradientSteps,
     autocast,
     configure_cuda,
-    grad_scaler,
     init_distributed,
     pick_device,
     place_dataset,
@@ -111,7 +96,7 @@ PARTS = tuple(f.name for f in LossParts.__dataclass_fields__.values())  # total,
 # The model's improvement must exceed this for early stopping to count it (the reference's).
 MIN_DELTA = 1e-6
 
-__all__ = ["train", "train_seeds", "RunResult", "SeedsResult", "NonFiniteLossError", "Trainer", "EpochStats"]
+__all__ = ["train", "RunResult", "NonFiniteLossError", "Trainer", "EpochStats"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -147,10 +132,6 @@ def unused_parameters(model: DMD) -> list[nn.Parameter]:
     if model.text_encoder is not None and not model.text_encoder.finetune:
         unused += list(model.text_encoder.parameters())
     return unused
-
-
-# Fields of TrainConfig that may change when a run is resumed.
-RESUMABLE_CHANGES = ("max_epochs", "seeds", "eval_batch_size", "compile", "extra")
 
 
 class EpochStats:
@@ -247,8 +228,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="min", factor=train_config.plateau_factor, patience=train_config.plateau_patience
         )
-        self.scaler = grad_scaler(self.device, self.precision)  # enabled for fp16 only
-        self.found_inf = torch.zeros((), device=self.device)  # fp16: an overflow in this accumulation group
+        self.gradients = GradientSteps(self.params, self.optimizer, self.device, self.precision, train_config.grad_clip)
         self.epoch = 0  # completed epochs
         self.steps = 0  # optimizer steps
         self.best_valid, self.best_epoch = math.inf, 0
@@ -282,27 +262,6 @@ class Trainer:
             "torch": torch.__version__,
         }
 
-    def _check_resumable(self, saved: dict[str, Any]) -> None:
-        """The saved run was made with the same model, recipe and seed (``max_epochs`` may grow)."""
-
-        def differing(ours: dict, theirs: dict, allowed: tuple[str, ...] = ()) -> list[str]:
-            ours = runs.json_safe(ours)
-            return sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k) and k not in allowed)
-
-        problems, saved_train = [], saved.get("train", {})
-        try:  # in today's fields (older config.json files hold `bf16` instead of `precision`)
-            saved_train = runs.json_safe(TrainConfig.from_dict(saved_train).to_dict())
-        except (TypeError, ValueError):
-            pass  # compared as written
-        if diff := differing(self.cfg.to_dict(), saved.get("model", {})):
-            problems.append(f"model config differs in {diff}")
-        if diff := differing(self.tcfg.to_dict(), saved_train, RESUMABLE_CHANGES):
-            problems.append(f"train config differs in {diff}")
-        if saved.get("seed") != self.seed:
-            problems.append(f"seed {saved.get('seed')} != {self.seed}")
-        if problems:
-            raise ValueError(f"cannot resume {self.run_dir}: " + "; ".join(problems))
-
     def _state(self) -> dict[str, Any]:
         return {
             "epoch": self.epoch,
@@ -316,7 +275,7 @@ class Trainer:
             "history": self.history,
             "rng": rng_state(self.device),
             "generator": self.generator.get_state(),
-            "scaler": self.scaler.state_dict(),  # empty unless fp16
+            "scaler": self.gradients.scaler.state_dict(),  # empty unless fp16
             "seed": self.seed,
         }
 
@@ -331,8 +290,8 @@ class Trainer:
         self.history = list(state["history"])
         set_rng_state(state["rng"], self.device)
         self.generator.set_state(state["generator"])
-        if self.scaler.is_enabled() and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
+        if self.gradients.scaler.is_enabled() and state.get("scaler"):
+            self.gradients.scaler.load_state_dict(state["scaler"])
 
     def _assert_finite_weights(self, what: str) -> None:
         params = list(self.model.named_parameters())
@@ -368,51 +327,23 @@ class Trainer:
         bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch}", leave=False, disable=not self.progress)
         for i, batch in enumerate(bar):
             if i % acc == 0:
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.scaler.is_enabled():
-                    self.found_inf.zero_()
+                self.gradients.zero_grad()
             with autocast(self.device, self.precision):
                 out = self.forward(batch.text, batch.audio, batch.vision)
                 parts = total_loss(self.model, out, batch.labels)  # float32 whatever the precision
-            self.scaler.scale(parts.total).backward()  # summed over the group: the loss is not divided by `acc`
-            self._clip()  # on the running sum, after every backward
+            self.gradients.backward(parts.total)  # summed over the group: the loss is not divided by `acc`
+            self.gradients.clip()  # on the running sum, after every backward
             stats.add(i, parts, out)
             if (i + 1) % acc == 0 or (i == n_batches - 1 and self.tcfg.leftover_step):
                 if check_each_step:
                     self._raise_if_bad(epoch, stats)
-                self._step()
+                self.gradients.step()
                 self.steps += 1
         bar.close()
         if self.dist.enabled:  # every rank must stop if any rank saw a non-finite loss
             stats.all_reduce()
         self._raise_if_bad(epoch, stats)
         return stats.row()
-
-    def _clip(self) -> None:
-        """Clip the running sum of gradients by value at ``grad_clip`` (fp16: see the module's "Precision")."""
-        clip = self.tcfg.grad_clip
-        if not self.scaler.is_enabled():
-            if clip > 0:
-                nn.utils.clip_grad_value_(self.params, clip)
-            return
-        grads = [p.grad for p in self.params if p.grad is not None]
-        # Record an overflow before clipping turns it into a finite value (inv_scale 1: the gradients stay).
-        torch._amp_foreach_non_finite_check_and_unscale_(grads, self.found_inf, torch.ones_like(self.found_inf))
-        if clip > 0:
-            bound = self.scaler.scale(torch.full_like(self.found_inf, clip))  # clip * S, on the device: no sync
-            for g in grads:
-                g.clamp_(-bound, bound)
-
-    def _step(self) -> None:
-        """One optimizer step; fp16: through the scaler (unscale once, skip after an overflow, update S)."""
-        if not self.scaler.is_enabled():
-            self.optimizer.step()
-            return
-        # An overflow seen before clipping becomes a NaN the scaler finds: it then skips the step and lowers S.
-        first = next(p.grad for p in self.params if p.grad is not None)
-        first.add_(torch.where(self.found_inf > 0, math.nan, 0.0))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
 
     def _raise_if_bad(self, epoch: int, stats: EpochStats) -> None:
         step, parts = stats.first_non_finite()  # host sync: only at optimizer steps on CPU, at epoch end elsewhere
@@ -462,7 +393,7 @@ class Trainer:
                 f"{self.run_dir} already holds a run; resume it (resume=True, dmd train --resume) or pick another folder"
             )
         if resuming:
-            self._check_resumable(runs.load_run(self.run_dir).meta)
+            runs.check_resumable(self.run_dir, self.cfg, self.tcfg, self.seed)
             self.load_state(runs.load_checkpoint(last_file, map_location="cpu"))  # RNG states must stay on the CPU
             log.info("resuming %s after epoch %d", self.run_dir, self.epoch)
             if self.stop_reason == "max_epochs" and (self.tcfg.max_epochs is None or self.tcfg.max_epochs > self.epoch):
@@ -586,128 +517,3 @@ def train(
             board.close()
         if trainer.dist.owns_group and dist.is_initialized():
             dist.destroy_process_group()
-
-
-@dataclass
-class SeedsResult:
-    """What :func:`train_seeds` returns: per-seed results (this rank's) and the summary (rank 0)."""
-
-    run_dir: Path
-    results: dict[int, RunResult]
-    summary: dict[str, Any] | None
-
-    @property
-    def runs(self) -> runs.SeedRuns:
-        return runs.load_seeds(self.run_dir)
-
-
-def train_seeds(
-    model_config: DMDConfig | None,
-    dataset_or_path: MMSADataset | str | Path,
-    train_config: TrainConfig | None = None,
-    run_dir: str | Path = "runs/dmd",
-    seeds: Sequence[int] | None = None,
-    device: str | torch.device | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    parallel: bool = False,
-    text: str = "auto",
-    mmap_dir: str | None = None,
-    tensorboard: str | Path | None = None,
-) -> SeedsResult:
-    """Train several seeds (default ``train_config.seeds``, 1111-1115) into ``run_dir/seed_<n>/``.
-
-    Writes ``summary.json`` and ``summary.csv``: mean and std (ddof=0) over seeds of every test
-    metric. ``parallel=True`` under torchrun: rank r trains seeds r, r+W, ... on its own device
-    (no DDP; ranks may finish at very different times, see :func:`wait_for_ranks`); otherwise
-    each seed uses every rank (DDP) in turn. ``tensorboard``: a folder for
-    TensorBoard event files, one run per seed (``tensorboard/seed_<n>``).
-    """
-    from .tensorboard import TensorBoardLogger
-
-    board = TensorBoardLogger(tensorboard) if tensorboard is not None else None
-    train_config = train_config or TrainConfig()
-    seeds = tuple(train_config.seeds if seeds is None else seeds)
-    ds, cfg = open_dataset(dataset_or_path, model_config, text, mmap_dir)
-    run_dir = Path(run_dir)
-    info, dev = init_distributed(device, backend="gloo" if parallel else None)  # parallel: no GPU collective
-    mine = seeds[info.rank :: info.world_size] if parallel else seeds
-    token = parallel_token(info) if parallel and info.enabled else None
-    results = {}
-    try:
-        try:
-            for seed in tqdm(mine, desc="seeds", disable=not progress or not info.is_main or len(mine) < 2):
-                trainer = Trainer(cfg, ds, train_config, runs.seed_dir(run_dir, seed), seed, device=dev,
-                                  progress=progress and info.is_main, data_ref=data_reference(dataset_or_path),
-                                  distributed=not parallel, on_epoch_end=board)  # fmt: skip
-                results[seed] = trainer.fit(resume=resume)
-        except BaseException as err:
-            if token is not None and not info.is_main:
-                report_done(run_dir, info.rank, token, error=f"{type(err).__name__}: {err}")
-            raise
-        if token is not None and info.is_main:  # parallel seeds: files, no collective (ranks may finish hours apart)
-            wait_for_ranks(run_dir, info.world_size, token)
-        elif token is not None:
-            report_done(run_dir, info.rank, token)
-        elif info.enabled:
-            dist.barrier()  # DDP: every rank trained every seed together
-        summary = None
-        if info.is_main:
-            per_seed = {s: runs.read_json(runs.seed_dir(run_dir, s) / runs.TEST_METRICS) for s in seeds}
-            names = [*METRIC_NAMES, "loss"]
-            summary = runs.write_summary(run_dir, {s: {k: m[k] for k in names} for s, m in per_seed.items()})
-            means = ", ".join(f"{k} {summary['metrics'][k]['mean']:.4f}" for k in ("MAE", "Non0_acc_2", "Mult_acc_7"))
-            log.info("%d seeds: %s", len(seeds), means)
-    finally:
-        if board is not None:
-            board.close()
-        if info.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-    return SeedsResult(run_dir, results, summary)
-
-
-# ---- parallel seeds: ranks finish at different times ----------------------------------------------------------
-
-# How long rank 0 waits for the other ranks' seeds (parallel seeds): long enough for any seed of the recipe.
-PARALLEL_WAIT_S = 7 * 24 * 3600.0
-
-
-def parallel_token(info: DistInfo) -> str:
-    """An id of this ``train_seeds`` call, the same on every rank (rank 0's, broadcast once, at the start)."""
-    token = [uuid.uuid4().hex if info.is_main else None]
-    dist.broadcast_object_list(token, src=0)
-    return str(token[0])
-
-
-def done_file(run_dir: Path, rank: int) -> Path:
-    return Path(run_dir) / f".rank{rank}.done"
-
-
-def report_done(run_dir: Path, rank: int, token: str, error: str | None = None) -> None:
-    """Rank ``rank`` has trained all its seeds (or failed, ``error``): it says so in a file and may exit."""
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    runs.write_json(done_file(run_dir, rank), {"token": token, "error": error})
-
-
-def wait_for_ranks(run_dir: Path, world_size: int, token: str, timeout: float = PARALLEL_WAIT_S,
-                   poll: float = 0.5) -> None:  # fmt: skip
-    """Rank 0 waits until every other rank has reported its seeds done (files, so no collective timeout).
-
-    Files of an earlier call (another ``token``) are not counted. Raises if a rank reports a failure,
-    or :class:`TimeoutError` after ``timeout`` seconds. The files are removed once read.
-    """
-    deadline, pending = time.monotonic() + timeout, set(range(1, world_size))
-    while pending:
-        for rank in sorted(pending):
-            path = done_file(run_dir, rank)
-            note = runs.read_json(path) if path.is_file() else {}
-            if note.get("token") != token:
-                continue
-            if note.get("error"):
-                raise RuntimeError(f"parallel seeds: rank {rank} failed: {note['error']}")
-            pending.discard(rank)
-            path.unlink(missing_ok=True)
-        if pending and time.monotonic() > deadline:
-            raise TimeoutError(f"parallel seeds: ranks {sorted(pending)} did not finish within {timeout:.0f} s")
-        if pending:
-            time.sleep(poll)

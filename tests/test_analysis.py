@@ -118,13 +118,14 @@ def test_a_run_is_trained_once_then_read_back_by_every_later_caller(settings, ds
     assert run.seed == 7 and run.test_metrics is not None
     assert run.path.parent == settings.run_dir("training", cfg, data_file, tc)
 
+    import dmd_core.seeds
     import dmd_core.trainer
 
     calls = []
-    real = dmd_core.trainer.train_seeds
+    real = dmd_core.seeds.train_seeds
     monkeypatch.setattr(dmd_core.trainer, "train", lambda *a, **k: pytest.fail("trained a finished run again"))
     assert settings.single_run("training", cfg, data_file, tc, progress=False).path == run.path
-    monkeypatch.setattr(dmd_core.trainer, "train_seeds", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(dmd_core.seeds, "train_seeds", lambda *a, **k: calls.append(1) or real(*a, **k))
     seeds = settings.seed_runs("training", cfg, data_file, tc, progress=False)
     assert sorted(seeds.runs) == [7, 8] and calls == [1]  # only the missing seed 8 needed training
     assert settings.seed_runs("training", cfg, data_file, tc, progress=False).path == seeds.path

@@ -121,6 +121,7 @@ def _seeds_worker(rank: int, world: int, port: int, out: str, seeds: tuple[int, 
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=TIMEOUT_S))
     from dmd_core import trainer as T
+    from dmd_core.seeds import train_seeds
     from tests.conftest import tiny_config
     from tests.test_train import tiny_dataset
 
@@ -135,7 +136,7 @@ def _seeds_worker(rank: int, world: int, port: int, out: str, seeds: tuple[int, 
     cfg = tiny_config()
     tc = TrainConfig(batch_size=4, accumulation=2, lr=1e-3, max_epochs=1)
     try:
-        result = T.train_seeds(cfg, tiny_dataset(cfg, sizes=(8, 8, 8)), tc, os.path.join(out, "run"), seeds=seeds,
+        result = train_seeds(cfg, tiny_dataset(cfg, sizes=(8, 8, 8)), tc, os.path.join(out, "run"), seeds=seeds,
                                device="cpu", progress=False, parallel=True)  # fmt: skip
     finally:
         dist.destroy_process_group()

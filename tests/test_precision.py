@@ -90,10 +90,10 @@ def test_an_fp16_epoch_trains_through_the_gradient_scaler_and_clips_the_unscaled
     tc = TrainConfig(batch_size=4, accumulation=3, grad_clip=1e-3, lr=1e-2, precision="fp16")
     trainer = Trainer(cfg, tiny_dataset(cfg, sizes=(24, 8, 8)), tc, tmp_path, seed=1, device="cpu", progress=False,
                       distributed=False)  # fmt: skip
-    assert trainer.scaler.is_enabled() and trainer.precision == "fp16" and trainer.scaler.get_scale() == 2.0**16
+    assert trainer.gradients.scaler.is_enabled() and trainer.precision == "fp16" and trainer.gradients.scaler.get_scale() == 2.0**16
     # With 2**16 the first steps of this tiny model overflow in fp16 and are skipped, as they should be;
     # a smaller scale takes every step here.
-    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    trainer.gradients.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     seen = _clip_spy(trainer)
     row = trainer.train_epoch()
@@ -101,7 +101,7 @@ def test_an_fp16_epoch_trains_through_the_gradient_scaler_and_clips_the_unscaled
     assert len(seen) == 2 and trainer.steps == 2  # 6 mini-batches, groups of 3
     # Clipped by value at 0.6 * scale on the scaled gradients = at 0.6 on the true ones; active here.
     assert all(m == pytest.approx(1e-3, rel=1e-5) for m in seen), seen
-    assert trainer.scaler.get_scale() == 2.0**8  # no overflow: the scale stays
+    assert trainer.gradients.scaler.get_scale() == 2.0**8  # no overflow: the scale stays
     changed = [k for k, v in trainer.model.state_dict().items() if not torch.equal(v, before[k])]
     assert len(changed) > len(before) // 2
 
@@ -111,7 +111,7 @@ def test_an_fp16_overflow_skips_the_step_even_though_clipping_would_hide_it(tmp_
     tc = TrainConfig(batch_size=4, accumulation=2, grad_clip=0.6, precision="fp16")
     trainer = Trainer(cfg, tiny_dataset(cfg, sizes=(8, 8, 8)), tc, tmp_path, seed=1, device="cpu", progress=False,
                       distributed=False)  # fmt: skip
-    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)  # no overflow of its own (see above)
+    trainer.gradients.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)  # no overflow of its own (see above)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     fired = []
 
@@ -124,7 +124,7 @@ def test_an_fp16_overflow_skips_the_step_even_though_clipping_would_hide_it(tmp_
     trainer.model.final_head.out.weight.register_hook(overflow)
     trainer.train_epoch()
     assert fired
-    assert trainer.scaler.get_scale() == 2.0**7, "the scaler did not see the overflow"
+    assert trainer.gradients.scaler.get_scale() == 2.0**7, "the scaler did not see the overflow"
     assert all(torch.equal(v, before[k]) for k, v in trainer.model.state_dict().items()), "a step was taken"
 
 

@@ -18,7 +18,7 @@ from dmd_core import runs
 from dmd_core.config import DMDConfig, TrainConfig
 from dmd_core.metrics import METRIC_NAMES
 from dmd_core.model import DMD
-from dmd_core.trainer import train_seeds
+from dmd_core.seeds import train_seeds
 
 from .conftest import tiny_config
 from .test_train import one_thread, tiny_dataset  # noqa: F401  (one_thread: autouse fixture)

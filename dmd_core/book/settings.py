@@ -175,7 +175,7 @@ class BookSettings:
                   progress: bool = True) -> SeedRuns:  # fmt: skip
         """Every seed of ``train_config`` trained into one folder; seeds already finished are read back."""
         from ..runs import load_seeds
-        from ..trainer import train_seeds
+        from ..seeds import train_seeds
 
         folder = self.run_dir(name, config, data_file, train_config)
         if not _seeds_done(folder, train_config.seeds):

@@ -16,9 +16,9 @@ from ..data import MMSADataset, load_mmsa
 from ..devices import pick_device
 from ..evaluation import evaluate, missing_modality_table
 from ..model import DMD
+from ..seeds import train_seeds
 from ..tensorboard import require_tensorboard
 from ..text_encoder import bert_spec
-from ..trainer import train_seeds
 from . import run_command
 from .options import add_data_options, add_precision
 
