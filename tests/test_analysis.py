@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -119,15 +120,17 @@ def test_a_run_is_trained_once_then_read_back_by_every_later_caller(settings, ds
     assert run.path.parent == settings.run_dir("training", cfg, data_file, tc)
 
     import dmd_core.seeds
-    import dmd_core.trainer
 
     calls = []
-    real = dmd_core.seeds.train_seeds
-    monkeypatch.setattr(dmd_core.trainer, "train", lambda *a, **k: pytest.fail("trained a finished run again"))
+    real = dmd_core.seeds.train_runs
+    monkeypatch.setattr(dmd_core.seeds, "train_runs", lambda *a, **k: pytest.fail("trained a finished run again"))
     assert settings.single_run("training", cfg, data_file, tc, progress=False).path == run.path
-    monkeypatch.setattr(dmd_core.seeds, "train_seeds", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(
+        dmd_core.seeds, "train_runs", lambda jobs, *a, **k: calls.append(len(jobs)) or real(jobs, *a, **k)
+    )
     seeds = settings.seed_runs("training", cfg, data_file, tc, progress=False)
     assert sorted(seeds.runs) == [7, 8] and calls == [1]  # only the missing seed 8 needed training
+    assert json.loads((seeds.path / "summary.json").read_text())["seeds"] == [7, 8]
     assert settings.seed_runs("training", cfg, data_file, tc, progress=False).path == seeds.path
     assert calls == [1]
 

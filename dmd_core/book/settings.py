@@ -42,6 +42,8 @@ class BookSettings:
     the five official seeds, and PyTorch's default CPU threads. Give it the real file
     (``data_path``), a BERT folder or hub name (``bert``) and a GPU. ``precision``: the
     train config's (``"auto"``: bf16 on GPUs that have it, fp16 on Colab's T4, fp32 on CPU).
+    ``workers``: on CPU, how many runs train at once in separate processes (each with ``threads``
+    threads); a run's numbers do not depend on it.
     """
 
     device: str = "auto"
@@ -63,6 +65,7 @@ class BookSettings:
     mmap_dir: str | None = None
     synth_seed: int = 0
     precision: str = "auto"
+    workers: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
@@ -72,6 +75,8 @@ class BookSettings:
                 object.__setattr__(self, name, value)
         if not self.seeds:
             raise ValueError("BookSettings.seeds: expected at least one seed, found none")
+        if int(self.workers) < 1:
+            raise ValueError(f"BookSettings.workers: expected at least 1, found {self.workers!r}")
         if self.data_path is None and not 0 < self.scale <= 1:
             raise ValueError(f"BookSettings.scale: expected a fraction in (0, 1], found {self.scale!r}")
 
@@ -174,27 +179,45 @@ class BookSettings:
     def seed_runs(self, name: str, config: DMDConfig, data_file: Path, train_config: TrainConfig,
                   progress: bool = True) -> SeedRuns:  # fmt: skip
         """Every seed of ``train_config`` trained into one folder; seeds already finished are read back."""
-        from ..runs import load_seeds
-        from ..seeds import train_seeds
+        return self.seed_runs_of({name: config}, data_file, train_config, progress=progress)[name]
 
-        folder = self.run_dir(name, config, data_file, train_config)
-        if not _seeds_done(folder, train_config.seeds):
-            data = self.load(data_file, "bert" if config.use_bert else "features")  # the cached copy
-            train_seeds(config, data, train_config, folder, device=self.device, resume=True, progress=progress)
-        return load_seeds(folder)
+    def seed_runs_of(self, configs: Mapping[str, DMDConfig], data_file: Path, train_config: TrainConfig,
+                     seeds: Sequence[int] | None = None, progress: bool = True) -> dict[str, SeedRuns]:  # fmt: skip
+        """Several models (``{name: config}``), every seed (default ``train_config.seeds``) in one folder each.
+
+        Finished seeds are read back; the missing ones of every model train together, ``workers``
+        at a time on CPU (:func:`~dmd_core.seeds.train_runs`), one after another on a GPU.
+        """
+        from ..runs import load_seeds, seed_dir
+        from ..seeds import RunJob, summarize_seeds, train_runs
+
+        seeds = tuple(train_config.seeds if seeds is None else seeds)
+        folders = {name: self.run_dir(name, config, data_file, train_config) for name, config in configs.items()}
+        missing = [(name, s) for name, folder in folders.items() for s in seeds if not _seeds_done(folder, (s,))]
+        if missing:
+            workers = self.workers if self.torch_device.type == "cpu" else 1
+            text = "bert" if any(c.use_bert for c in configs.values()) else "features"
+            # One process: the cached copy of the file; several: each worker reads the file itself.
+            data = self.load(data_file, text) if workers == 1 else Path(data_file)
+            jobs = [RunJob(configs[name], data, train_config, seed_dir(folders[name], s), s, text, self.mmap_dir)
+                    for name, s in missing]  # fmt: skip
+            train_runs(jobs, workers, threads=self.threads, device=self.device, resume=True, progress=progress)
+            for name in dict.fromkeys(name for name, _ in missing):  # over every finished seed of the folder
+                done = [s for s in load_seeds(folders[name]).runs if _seeds_done(folders[name], (s,))]
+                summarize_seeds(folders[name], sorted(done))
+        return {name: load_seeds(folder) for name, folder in folders.items()}
 
     def single_run(self, name: str, config: DMDConfig, data_file: Path, train_config: TrainConfig,
                    seed: int | None = None, progress: bool = True) -> Run:  # fmt: skip
         """One seed (default: the first) in ``<run_dir>/seed_<seed>``: read back if finished, else trained."""
-        from ..runs import load_run, seed_dir
-        from ..trainer import train
+        return self.single_runs({name: config}, data_file, train_config, seed, progress)[name]
 
+    def single_runs(self, configs: Mapping[str, DMDConfig], data_file: Path, train_config: TrainConfig,
+                    seed: int | None = None, progress: bool = True) -> dict[str, Run]:  # fmt: skip
+        """One seed (default: the first) of several models (``{name: config}``), trained together where missing."""
         seed = train_config.seeds[0] if seed is None else int(seed)
-        folder = seed_dir(self.run_dir(name, config, data_file, train_config), seed)
-        if not _seeds_done(folder.parent, (seed,)):
-            data = self.load(data_file, "bert" if config.use_bert else "features")  # the cached copy
-            train(config, data, train_config, folder, seed=seed, device=self.device, resume=True, progress=progress)
-        return load_run(folder)
+        found = self.seed_runs_of(configs, data_file, train_config, seeds=(seed,), progress=progress)
+        return {name: seed_runs.runs[seed] for name, seed_runs in found.items()}
 
 
 def _seeds_done(folder: Path, seeds: Sequence[int]) -> bool:

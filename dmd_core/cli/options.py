@@ -43,3 +43,14 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     add_alignment(p, None)
     p.add_argument("--mmap-dir", default=None, metavar="DIR",
                    help="convert the file once to memory-mapped arrays in DIR (for MOSEI unaligned on little RAM)")  # fmt: skip
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, found {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, found {value}")
+    return value

@@ -20,7 +20,7 @@ from ..seeds import train_seeds
 from ..tensorboard import require_tensorboard
 from ..text_encoder import bert_spec
 from . import run_command
-from .options import add_data_options, add_precision
+from .options import add_data_options, add_precision, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +94,10 @@ def _cli_train(args: argparse.Namespace) -> int:
     cfg = ds.suggest_config(args.dataset, bert=bert, text_dim=bert_dim, **overrides)
     tcfg = _train_config_from_args(args)
     out = Path(args.out or Path("runs") / Path(args.data).stem)
-    result = train_seeds(cfg, ds, tcfg, out, seeds=tcfg.seeds, device=args.device, resume=args.resume,
-                         progress=not args.no_progress, parallel=args.parallel_seeds,
-                         tensorboard=args.tensorboard)  # fmt: skip
+    data = ds if args.workers == 1 else args.data  # worker processes read the file themselves
+    result = train_seeds(cfg, data, tcfg, out, seeds=tcfg.seeds, device=args.device, resume=args.resume,
+                         progress=not args.no_progress, parallel=args.parallel_seeds, text=ds.text_mode,
+                         mmap_dir=args.mmap_dir, tensorboard=args.tensorboard, workers=args.workers)  # fmt: skip
     if result.summary is not None:
         _print_metrics({k: v["mean"] for k, v in result.summary["metrics"].items()},
                        {k: v["std"] for k, v in result.summary["metrics"].items()},
@@ -246,6 +247,9 @@ def add_cli(subparsers) -> None:
         action="store_true",
         help="under torchrun: each process trains its own seeds instead of sharing one run (DDP)",
     )
+    p.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                   help="train N seeds at once in separate processes on this machine, each with its share of "
+                        "the CPU threads (each loads the data file; with --mmap-dir they share it) (default 1)")  # fmt: skip
     p.add_argument(
         "--set",
         action="append",
