@@ -235,8 +235,11 @@ class TrainConfig(_Config):
     ``"fp32"`` (the recipe), ``"bf16"`` or ``"fp16"`` autocast (fp16 with a gradient scaler),
     or ``"auto"`` (bf16 on GPUs that have it, fp16 on older GPUs such as Colab's T4, fp32 on
     CPU and MPS); labels, losses and metrics stay float32 whatever the precision; on CUDA,
-    ``tf32`` matmuls; ``compile`` wraps the model in ``torch.compile``. Config files written
-    before ``precision`` existed hold ``bf16: true/false``; :meth:`from_dict` reads them.
+    ``tf32`` matmuls; ``compile`` wraps the model in ``torch.compile``; ``overlap``: the backward
+    pass of each mini-batch runs on a second CPU thread while the next forward pass runs (None:
+    where it pays, see :func:`dmd_core.devices.resolve_overlap`; same numbers as one thread).
+    Config files written before ``precision`` existed hold ``bf16: true/false``; :meth:`from_dict`
+    reads them.
     """
 
     batch_size: int = 16
@@ -253,6 +256,7 @@ class TrainConfig(_Config):
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     tf32: bool = True
     compile: bool = False
+    overlap: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     # Deprecated: TrainConfig(bf16=True/False) means precision="bf16"/"fp32" (not a field, not saved).
     bf16: InitVar[bool | None] = None

@@ -3,7 +3,8 @@
 * :func:`pick_device`: CUDA, then Apple MPS, then CPU, or what the caller asks for.
 * :func:`resolve_precision`, :func:`autocast`, :class:`GradientSteps`: ``TrainConfig.precision``
   (fp32, bf16, fp16 or auto) as an autocast context, and the recipe's backward, clip and step
-  (with a gradient scaler for fp16).
+  (with a gradient scaler for fp16); on a two-thread CPU, backward passes on a second thread
+  (:func:`resolve_overlap`).
 * :func:`configure_cuda`: TF32 on or off (PyTorch's ``fp32_precision`` settings where they exist).
 * :func:`seed_everything`, :func:`rng_state`, :func:`set_rng_state`: everything random
   (Python, numpy, torch CPU and CUDA) seeded, saved into checkpoints and restored, so a
@@ -19,7 +20,9 @@ import logging
 import math
 import os
 import random
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -124,6 +127,61 @@ def grad_scaler(device: torch.device, precision: str | bool) -> torch.amp.GradSc
     return torch.amp.GradScaler(device.type, enabled=resolve_precision(precision, device) == "fp16")
 
 
+def resolve_overlap(overlap: bool | None, device: torch.device, precision: str, distributed: bool, compiled: bool,
+                    aligned: bool, bert: bool, accumulation: int, threads: int | None = None) -> bool:  # fmt: skip
+    """Whether :class:`GradientSteps` runs each backward on a second thread (``TrainConfig.overlap``).
+
+    ``True``/``False`` say so (``True`` needs the CPU, float32, one process and no ``torch.compile``);
+    ``None`` (auto) overlaps where it was measured to pay: two CPU threads, float32, one process,
+    not compiled, gradients accumulated over several mini-batches (an optimizer step must wait for
+    the backward before it, and the next forward for the step: with ``accumulation=1`` nothing
+    overlaps), and the aligned model without BERT, whose step is hundreds of small operations
+    that two threads cannot share well (1.1-1.4x faster than two threads per operation, and steady
+    where two threads per operation swing from run to run; ``benchmarks/bench_overlap.py``). The
+    unaligned model and BERT spend their time in large operations that two threads do share:
+    there, overlapping was slower.
+    """
+    possible = device.type == "cpu" and precision == "fp32" and not distributed and not compiled
+    if overlap is None:
+        threads = torch.get_num_threads() if threads is None else threads
+        return possible and threads == 2 and accumulation > 1 and aligned and not bert
+    if overlap and not possible:
+        raise ValueError("TrainConfig.overlap=True needs the CPU, precision 'fp32', one process and no compile")
+    return bool(overlap)
+
+
+class BackwardThread:
+    """Runs jobs (backward passes, clipping) in the order given, on one thread beside the calling one.
+
+    While the trainer runs the forward pass of mini-batch ``i + 1``, this thread runs the backward
+    pass of mini-batch ``i``: within an accumulation group the weights do not change, so the next
+    forward pass does not need the previous backward. Every operation runs single-threaded (the
+    two threads share two cores), in the same order as without overlap, and the random draws
+    (dropout) all happen in the forward passes on the calling thread: the numbers are exactly those
+    of a one-thread run (tested).
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="dmd-backward", initializer=torch.set_num_threads,
+                                        initargs=(1,))  # fmt: skip
+        self._pending: list[Future] = []
+
+    def submit(self, job: Callable[[], object]) -> None:
+        self._pending.append(self._pool.submit(job))
+
+    def wait(self) -> None:
+        """Block until every submitted job is done; raises the first error one of them raised."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
 class GradientSteps:
     """The recipe's backward, clip-by-value and optimizer step, in float32 or under fp16's gradient scaler.
 
@@ -139,21 +197,61 @@ class GradientSteps:
     """
 
     def __init__(self, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, device: torch.device,
-                 precision: str, clip: float) -> None:  # fmt: skip
+                 precision: str, clip: float, overlap: bool = False) -> None:  # fmt: skip
         self.params, self.optimizer, self.clip_value = params, optimizer, clip
         self.scaler = grad_scaler(device, precision)
         self.found_inf = torch.zeros((), device=device)  # fp16: an overflow in this accumulation group
+        self.overlap = overlap and not self.scaler.is_enabled()
+        self._thread: BackwardThread | None = None
+
+    @contextmanager
+    def epoch(self) -> Iterator[None]:
+        """Around an epoch's loop. With overlap, a :class:`BackwardThread` takes the backward passes and
+        clipping, both threads run one thread per operation (the count is restored afterwards), and
+        everything queued is finished when the block ends, also after an error."""
+        if not self.overlap:
+            yield
+            return
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        self._thread = BackwardThread()
+        try:
+            yield
+        finally:
+            thread, self._thread = self._thread, None
+            try:
+                thread.close()
+            finally:
+                torch.set_num_threads(threads)
+
+    def _wait(self) -> None:
+        if self._thread is not None:
+            self._thread.wait()
 
     def zero_grad(self) -> None:
+        self._wait()
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler.is_enabled():
             self.found_inf.zero_()
 
     def backward(self, loss: torch.Tensor) -> None:
-        self.scaler.scale(loss).backward()  # fp32/bf16: the scaler is off and returns the loss itself
+        """``loss.backward()``. Inside :meth:`epoch` with overlap: queued on the backward thread once the
+        previous mini-batch's backward and clip are done (so at most two autograd graphs are alive)."""
+        if self._thread is None:
+            self.scaler.scale(loss).backward()  # fp32/bf16: the scaler is off and returns the loss itself
+            return
+        self._thread.wait()
+        self._thread.submit(loss.backward)
 
     def clip(self) -> None:
-        """Clip the running sum of gradients by value at ``clip`` (fp16: at ``clip * S``, see above)."""
+        """Clip the running sum of gradients by value at ``clip`` (fp16: at ``clip * S``, see above);
+        with overlap, queued after the backward."""
+        if self._thread is None:
+            self._clip()
+        else:
+            self._thread.submit(self._clip)
+
+    def _clip(self) -> None:
         if not self.scaler.is_enabled():
             if self.clip_value > 0:
                 torch.nn.utils.clip_grad_value_(self.params, self.clip_value)
@@ -168,6 +266,7 @@ class GradientSteps:
 
     def step(self) -> None:
         """One optimizer step; fp16: through the scaler (unscale once, skip after an overflow, update S)."""
+        self._wait()
         if not self.scaler.is_enabled():
             self.optimizer.step()
             return

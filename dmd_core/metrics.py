@@ -23,6 +23,11 @@ Two cases MMSA leaves undefined, and what we return:
 
 F1 uses ``zero_division=0``, the value scikit-learn's default ``"warn"`` also returns (MMSA's
 setting), without the warning.
+
+MMSA calls scikit-learn's ``accuracy_score`` and ``f1_score``; :func:`binary_accuracy` and
+:func:`weighted_f1` compute the same numbers, bit for bit (the same float operations in the same
+order; the tests compare them with scikit-learn on many random splits), in plain numpy, so that
+scoring does not import scikit-learn (about a second at every start).
 """
 
 from __future__ import annotations
@@ -67,6 +72,31 @@ def pearson(pred: np.ndarray, target: np.ndarray) -> float:
     return float(np.corrcoef(pred, target)[0, 1])
 
 
+def binary_accuracy(truth: np.ndarray, guess: np.ndarray) -> float:
+    """Share of samples where the boolean arrays agree (scikit-learn's ``accuracy_score``)."""
+    return float(np.mean(truth == guess))
+
+
+def weighted_f1(truth: np.ndarray, guess: np.ndarray) -> float:
+    """F1 of each class present in ``truth`` or ``guess``, averaged with weights = the class's support.
+
+    scikit-learn's ``f1_score(truth, guess, average="weighted", zero_division=0)``: per class,
+    ``2 tp / (n_true + n_pred)`` in float64 (0 where both counts are 0), then ``np.average`` with
+    the true counts as weights (a plain mean if they are all 0).
+    """
+    classes = np.union1d(truth, guess)
+    scores, support = np.zeros(len(classes)), np.zeros(len(classes), dtype=np.int64)
+    for i, c in enumerate(classes):
+        is_true, is_pred = truth == c, guess == c
+        tp, n_true, n_pred = np.sum(is_true & is_pred), np.sum(is_true), np.sum(is_pred)
+        denom = 1.0 * float(n_true) + float(n_pred)
+        scores[i] = 2.0 * float(tp) / denom if denom else 0.0
+        support[i] = n_true
+    if support.sum() == 0:
+        return float(np.mean(scores))
+    return float(np.average(scores, weights=support))
+
+
 def regression_metrics(
     pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray, round_to: int | None = 4
 ) -> dict[str, float]:
@@ -74,8 +104,6 @@ def regression_metrics(
 
     Returns a dict with the keys of :data:`METRIC_NAMES`, plain Python floats.
     """
-    from sklearn.metrics import accuracy_score, f1_score  # imported when first used (~1 s)
-
     p, t = _flat(pred), _flat(target)
     if p.shape != t.shape:
         raise ValueError(f"regression_metrics: pred has {p.size} values, target has {t.size}")
@@ -84,15 +112,15 @@ def regression_metrics(
     non0 = t != 0
     if non0.any():
         truth, guess = t[non0] > 0, p[non0] > 0
-        non0_acc = float(accuracy_score(truth, guess))
-        non0_f1 = float(f1_score(truth, guess, average="weighted", zero_division=0))
+        non0_acc = binary_accuracy(truth, guess)
+        non0_f1 = weighted_f1(truth, guess)
     else:
         log.warning("regression_metrics: every label is 0, Non0 metrics are undefined (NaN)")
         non0_acc = non0_f1 = float("nan")
     truth, guess = t >= 0, p >= 0
     values = {
-        "Has0_acc_2": float(accuracy_score(truth, guess)),
-        "Has0_F1_score": float(f1_score(truth, guess, average="weighted", zero_division=0)),
+        "Has0_acc_2": binary_accuracy(truth, guess),
+        "Has0_F1_score": weighted_f1(truth, guess),
         "Non0_acc_2": non0_acc,
         "Non0_F1_score": non0_f1,
         "Mult_acc_5": multiclass_acc(np.clip(p, -2.0, 2.0), np.clip(t, -2.0, 2.0)),

@@ -238,7 +238,7 @@ def load_run(path: str | os.PathLike) -> Run:
 
 
 # Fields of TrainConfig that may change when a run is resumed.
-RESUMABLE_CHANGES = ("max_epochs", "seeds", "eval_batch_size", "compile", "extra")
+RESUMABLE_CHANGES = ("max_epochs", "seeds", "eval_batch_size", "compile", "overlap", "extra")
 
 
 def check_resumable(run_dir: str | os.PathLike, model_config: DMDConfig, train_config: TrainConfig, seed: int) -> None:

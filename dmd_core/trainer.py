@@ -74,6 +74,7 @@ from .devices import (
     init_distributed,
     pick_device,
     place_dataset,
+    resolve_overlap,
     resolve_precision,
     rng_state,
     seed_everything,  # fmt: skip
@@ -228,7 +229,11 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="min", factor=train_config.plateau_factor, patience=train_config.plateau_patience
         )
-        self.gradients = GradientSteps(self.params, self.optimizer, self.device, self.precision, train_config.grad_clip)
+        overlap = resolve_overlap(train_config.overlap, self.device, self.precision, self.dist.enabled,
+                                  train_config.compile, model_config.aligned, model_config.use_bert,
+                                  train_config.accumulation)  # fmt: skip
+        self.gradients = GradientSteps(self.params, self.optimizer, self.device, self.precision, train_config.grad_clip,
+                                       overlap)  # fmt: skip
         self.epoch = 0  # completed epochs
         self.steps = 0  # optimizer steps
         self.best_valid, self.best_epoch = math.inf, 0
@@ -259,6 +264,7 @@ class Trainer:
             "world_size": self.dist.world_size,
             "device": str(self.device),
             "precision": self.precision,
+            "overlap": self.gradients.overlap,
             "torch": torch.__version__,
         }
 
@@ -325,20 +331,21 @@ class Trainer:
         stats = EpochStats(self.device)
         check_each_step = self.device.type != "cuda" and not self.dist.enabled  # a check is free on CPU
         bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch}", leave=False, disable=not self.progress)
-        for i, batch in enumerate(bar):
-            if i % acc == 0:
-                self.gradients.zero_grad()
-            with autocast(self.device, self.precision):
-                out = self.forward(batch.text, batch.audio, batch.vision)
-                parts = total_loss(self.model, out, batch.labels)  # float32 whatever the precision
-            self.gradients.backward(parts.total)  # summed over the group: the loss is not divided by `acc`
-            self.gradients.clip()  # on the running sum, after every backward
-            stats.add(i, parts, out)
-            if (i + 1) % acc == 0 or (i == n_batches - 1 and self.tcfg.leftover_step):
-                if check_each_step:
-                    self._raise_if_bad(epoch, stats)
-                self.gradients.step()
-                self.steps += 1
+        with self.gradients.epoch():  # with TrainConfig.overlap: backward passes on a second thread
+            for i, batch in enumerate(bar):
+                if i % acc == 0:
+                    self.gradients.zero_grad()
+                with autocast(self.device, self.precision):
+                    out = self.forward(batch.text, batch.audio, batch.vision)
+                    parts = total_loss(self.model, out, batch.labels)  # float32 whatever the precision
+                self.gradients.backward(parts.total)  # summed over the group: the loss is not divided by `acc`
+                self.gradients.clip()  # on the running sum, after every backward
+                stats.add(i, parts, out)
+                if (i + 1) % acc == 0 or (i == n_batches - 1 and self.tcfg.leftover_step):
+                    if check_each_step:
+                        self._raise_if_bad(epoch, stats)
+                    self.gradients.step()
+                    self.steps += 1
         bar.close()
         if self.dist.enabled:  # every rank must stop if any rank saw a non-finite loss
             stats.all_reduce()

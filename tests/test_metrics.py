@@ -76,3 +76,34 @@ def test_shapes_are_flattened_and_mismatch_is_an_error():
     assert m["Has0_acc_2"] == 1.0
     with pytest.raises(ValueError, match="pred has 3 values, target has 4"):
         regression_metrics(torch.ones(3), torch.ones(4))
+
+
+def test_accuracy_and_weighted_f1_equal_scikit_learn_bit_for_bit():
+    """MMSA scores with scikit-learn; our numpy versions must return the very same floats."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from dmd_core.metrics import binary_accuracy, weighted_f1
+
+    rng = np.random.default_rng(0)
+    cases = [(np.array([True]), np.array([False])), (np.array([False, False]), np.array([False, False])),
+             (np.array([True, True]), np.array([False, True]))]  # fmt: skip
+    for _ in range(300):
+        n = int(rng.integers(1, 700))
+        truth = rng.random(n) < rng.random()
+        guess = np.where(rng.random(n) < rng.random(), truth, rng.random(n) < 0.5)
+        cases.append((truth, guess))
+    for truth, guess in cases:
+        assert binary_accuracy(truth, guess) == float(accuracy_score(truth, guess))
+        want = float(f1_score(truth, guess, average="weighted", zero_division=0))
+        assert weighted_f1(truth, guess) == want, (truth, guess)
+
+
+def test_scoring_does_not_import_scikit_learn():
+    """scikit-learn costs about a second at start-up; the metrics must not need it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from dmd_core.metrics import regression_metrics; "
+            "regression_metrics(torch.randn(50), torch.randn(50)); print('sklearn' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -1,0 +1,113 @@
+"""TrainConfig.overlap: backward passes on a second CPU thread compute exactly what one thread does."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from dmd_core.cli import build_parser
+from dmd_core.cli.train import _train_config_from_args
+from dmd_core.config import TrainConfig
+from dmd_core.devices import GradientSteps, resolve_overlap
+from dmd_core.trainer import Trainer, train
+
+from .conftest import tiny_config
+from .test_train import history_without_time, same_weights, tiny_dataset
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def threads():
+    """Restores the process's torch thread count after the test."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_overlapped_training_equals_one_thread_bit_for_bit(tmp_path, threads):
+    # 22 samples in mini-batches of 4 with groups of 3: two full groups and a leftover group per epoch.
+    cfg = tiny_config()
+    ds = tiny_dataset(cfg, sizes=(22, 8, 8))
+    recipe = TrainConfig(batch_size=4, accumulation=3, max_epochs=2, seeds=(3,))
+    torch.set_num_threads(1)
+    one = train(cfg, ds, recipe.replace(overlap=False), tmp_path / "one", seed=3, progress=False)
+    torch.set_num_threads(2)
+    two = train(cfg, ds, recipe.replace(overlap=True), tmp_path / "two", seed=3, progress=False)
+    assert torch.get_num_threads() == 2  # restored after every epoch
+    assert same_weights(one.model.state_dict(), two.model.state_dict())
+    # The training columns agree bit for bit; validation ran with two threads per operation in `two`.
+    a, b = history_without_time(tmp_path / "one"), history_without_time(tmp_path / "two")
+    train_columns = [c for c in a.columns if c.startswith("train_")]
+    assert len(train_columns) > 10 and a[train_columns].equals(b[train_columns])
+
+
+def test_backward_runs_on_the_other_thread_while_the_next_forward_runs(tmp_path, threads):
+    torch.set_num_threads(2)
+    cfg = tiny_config()
+    trainer = Trainer(cfg, tiny_dataset(cfg, sizes=(12, 4, 4)), TrainConfig(batch_size=4, overlap=True),
+                      tmp_path / "run", seed=1, progress=False, distributed=False)  # fmt: skip
+    seen: dict[str, set] = {"forward": set(), "backward": set()}
+    trainer.model.register_forward_hook(lambda *a: seen["forward"].add(threading.get_ident()))
+    first = trainer.params[0]
+    first.register_hook(lambda g: seen["backward"].add(threading.get_ident()))
+    threads_inside: list[int] = []
+    trainer.model.register_forward_hook(lambda *a: threads_inside.append(torch.get_num_threads()))
+    trainer.train_epoch()
+    assert seen["forward"] == {threading.get_ident()}
+    assert len(seen["backward"]) == 1 and seen["backward"] != seen["forward"]
+    assert set(threads_inside) == {1} and torch.get_num_threads() == 2
+
+
+def test_an_error_in_a_queued_backward_reaches_the_trainer_and_the_thread_count_is_restored(threads):
+    torch.set_num_threads(2)
+
+    class Explodes(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            raise RuntimeError("boom in backward")
+
+    w = torch.nn.Parameter(torch.ones(3))
+    steps = GradientSteps([w], torch.optim.Adam([w]), CPU, "fp32", clip=0.6, overlap=True)
+    with pytest.raises(RuntimeError, match="boom in backward"):
+        with steps.epoch():
+            steps.zero_grad()
+            steps.backward(Explodes.apply(w).sum())
+            steps.clip()
+            steps.step()
+    assert torch.get_num_threads() == 2
+    with steps.epoch():  # a later epoch starts clean
+        steps.zero_grad()
+        steps.backward((w * 2).sum())
+        steps.clip()
+        steps.step()
+    assert w.grad is not None and torch.equal(w.grad, torch.full((3,), 0.6))  # 2, clipped at 0.6
+
+
+def test_auto_overlaps_only_where_it_was_measured_to_pay():
+    auto = dict(overlap=None, device=CPU, precision="fp32", distributed=False, compiled=False, aligned=True,
+                bert=False, accumulation=10, threads=2)  # fmt: skip
+    assert resolve_overlap(**auto)
+    for change in (dict(threads=1), dict(threads=4), dict(accumulation=1), dict(aligned=False), dict(bert=True), dict(precision="bf16"),
+                   dict(distributed=True), dict(compiled=True), dict(device=torch.device("cuda"))):  # fmt: skip
+        assert not resolve_overlap(**(auto | change)), change
+    assert not resolve_overlap(**(auto | dict(overlap=False)))
+    assert resolve_overlap(**(auto | dict(overlap=True, aligned=False, threads=8)))
+    with pytest.raises(ValueError, match="needs the CPU"):
+        resolve_overlap(**(auto | dict(overlap=True, device=torch.device("cuda"))))
+    with pytest.raises(ValueError, match="precision 'fp32'"):
+        resolve_overlap(**(auto | dict(overlap=True, precision="bf16")))
+
+
+def test_cli_overlap_option_maps_to_the_train_config():
+    parser = build_parser()
+    for word, value in (("auto", None), ("on", True), ("off", False)):
+        args = parser.parse_args(["train", "--data", "x.pkl", "--overlap", word])
+        assert _train_config_from_args(args).overlap is value
+    assert _train_config_from_args(parser.parse_args(["train", "--data", "x.pkl"])).overlap is None
