@@ -136,10 +136,12 @@ def resolve_overlap(overlap: bool | None, device: torch.device, precision: str, 
     not compiled, gradients accumulated over several mini-batches (an optimizer step must wait for
     the backward before it, and the next forward for the step: with ``accumulation=1`` nothing
     overlaps), and the aligned model without BERT, whose step is hundreds of small operations
-    that two threads cannot share well (1.1-1.4x faster than two threads per operation, and steady
-    where two threads per operation swing from run to run; ``benchmarks/bench_overlap.py``). The
-    unaligned model and BERT spend their time in large operations that two threads do share:
-    there, overlapping was slower.
+    that two threads share badly. Measured on a 2-core machine (``benchmarks/bench_overlap.py``,
+    ``benchmarks/results/overlap.md``): two threads per operation swing from process to process
+    (50-75 samples/s), overlap stays steadier (61-73): 1.16x in the median over six alternations,
+    0.97-1.25x, and 0.98x in a run where two threads per operation ran at their best throughout.
+    The unaligned model and BERT spend their time in large operations that two threads do share:
+    there overlap was 0.82x and 0.87x.
     """
     possible = device.type == "cpu" and precision == "fp32" and not distributed and not compiled
     if overlap is None:
