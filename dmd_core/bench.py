@@ -228,6 +228,7 @@ def run_benchmark(setting: BenchSetting) -> dict[str, Any]:
             _sync(device)
             return time.perf_counter() - start
 
+        overlap = trainer.gradients.overlap
         warmup = timed(trainer.train_epoch)
         train_times = [timed(trainer.train_epoch) for _ in range(setting.windows)]
         evaluate = lambda: predict(trainer.model, splits["test"], device, batch_size=setting.batch_size,  # noqa: E731
@@ -241,6 +242,7 @@ def run_benchmark(setting: BenchSetting) -> dict[str, Any]:
     return {
         "setting": asdict(setting) | {"name": setting.name, "threads": torch.get_num_threads()},
         "precision": precision,  # what the setting's precision meant on this device
+        "overlap": overlap,  # TrainConfig.overlap's auto rule: backward passes on a second CPU thread
         "train_samples_per_s": train_sps,
         "train_window_s": train_times,
         "warmup_s": warmup,

@@ -39,6 +39,7 @@ def test_a_run_measures_throughput_memory_and_mfu(result):
     assert 0 < result["train_mfu"] < 1 and result["peak_flops"] > 1e9
     assert {"cpu", "torch", "commit", "date", "cpu_attention"} <= result["machine"].keys()
     assert result["machine"]["cpu_attention"] in ("compiled", "pytorch tiling")
+    assert result["overlap"] is False  # one thread: TrainConfig.overlap's auto rule leaves it off
 
 
 def test_record_writes_json_and_appends_one_row_per_run(result, tmp_path):
