@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from dmd_core.bench import append_rows
+
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {  # name -> (BenchSetting fields, mini-batches per epoch)
     "aligned": ({"aligned": True}, 20),
@@ -31,19 +33,14 @@ SETTINGS = {  # name -> (BenchSetting fields, mini-batches per epoch)
 }
 CHILD = """
 import json, statistics, sys, tempfile, time
-from pathlib import Path
 import torch
 torch.set_num_threads(2)
-from dmd_core.bench import BenchSetting, random_split
+from dmd_core.bench import BenchSetting, random_dataset
 from dmd_core.config import TrainConfig
-from dmd_core.data import MMSADataset
 from dmd_core.trainer import Trainer
 fields, batches, epochs, overlap = json.loads(sys.argv[1])
 cfg = BenchSetting(**fields).model_config()
-splits = {name: random_split(cfg, n, name, seed) for name, n, seed in
-          (("train", 16 * batches, 1), ("valid", 16, 2), ("test", 16, 3))}
-ds = MMSADataset(Path("<random>"), splits, cfg.aligned, cfg.seq_lens, cfg.feature_dims,
-                 "bert" if cfg.use_bert else "features", dataset_name=cfg.dataset)
+ds = random_dataset(cfg, 16 * batches, 16)
 with tempfile.TemporaryDirectory() as tmp:
     trainer = Trainer(cfg, ds, TrainConfig(overlap=overlap), tmp, seed=1111, device="cpu", progress=False,
                       distributed=False)
@@ -94,10 +91,8 @@ def main() -> int:
              f"Command: `python benchmarks/bench_overlap.py --repeats {args.repeats} --settings {args.settings}`\n",
              "| setting | train samples/s, two threads per op | overlap | overlap / two threads (median of "
              "per-repeat ratios) | range | all (off / on) |", "|---|---|---|---|---|---|", *rows]  # fmt: skip
-    if not args.results.exists():
-        args.results.write_text("# Backward passes on a second thread\n\nWritten by `benchmarks/bench_overlap.py`.\n")
-    with args.results.open("a") as f:
-        f.write("\n".join(lines) + "\n")
+    append_rows(args.results, "# Backward passes on a second thread\n\nWritten by `benchmarks/bench_overlap.py`.\n",
+                lines)  # fmt: skip
     print("\n".join(lines))
     return 0
 

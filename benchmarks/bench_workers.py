@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from dmd_core.bench import append_rows
+
 ROOT = Path(__file__).resolve().parents[1]
 DMD = [sys.executable, "-c", "import sys; from dmd_core.cli import main; sys.argv[0] = 'dmd'; sys.exit(main())"]
 MODES = {"one process, default threads": ({}, 1), "one process, 1 thread": ({"OMP_NUM_THREADS": "1"}, 1),
@@ -61,10 +63,7 @@ def main() -> int:
         ratio = statistics.median(b / t for b, t in zip(times[base], ts))
         lines.append(f"| {mode} | {statistics.median(ts):.1f} | {', '.join(f'{t:.1f}' for t in ts)} | {ratio:.2f}x |")
     lines.append(f"\nWorkers' test loss equals the one-thread process's: {same}.\n")
-    if not args.results.exists():
-        args.results.write_text("# Seeds side by side in processes\n\nWritten by `benchmarks/bench_workers.py`.\n")
-    with args.results.open("a") as f:
-        f.write("\n".join(lines))
+    append_rows(args.results, "# Seeds side by side in processes\n\nWritten by `benchmarks/bench_workers.py`.\n", lines)
     print("\n".join(lines))
     return 0 if same else 1
 

@@ -99,6 +99,14 @@ def random_split(cfg: DMDConfig, n: int, name: str, seed: int = 0) -> Split:
     )  # fmt: skip
 
 
+def random_dataset(cfg: DMDConfig, n_train: int, n_eval: int) -> MMSADataset:
+    """Train, valid and test splits of :func:`random_split` (seeds 1, 2, 3) as a dataset for the trainer."""
+    splits = {"train": random_split(cfg, n_train, "train", 1), "valid": random_split(cfg, n_eval, "valid", 2),
+              "test": random_split(cfg, n_eval, "test", 3)}  # fmt: skip
+    return MMSADataset(Path("<random>"), splits, cfg.aligned, cfg.seq_lens, cfg.feature_dims,
+                       "bert" if cfg.use_bert else "features", dataset_name=cfg.dataset)  # fmt: skip
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -208,16 +216,13 @@ def run_benchmark(setting: BenchSetting) -> dict[str, Any]:
     cfg = setting.model_config()
     n_train = setting.batch_size * setting.window_batches
     n_eval = setting.batch_size * setting.eval_batches
-    splits = {"train": random_split(cfg, n_train, "train", 1), "valid": random_split(cfg, n_eval, "valid", 2),
-              "test": random_split(cfg, n_eval, "test", 3)}  # fmt: skip
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # the trainer puts the whole dataset on the GPU
-    dataset = MMSADataset(Path("<random>"), splits, cfg.aligned, cfg.seq_lens, cfg.feature_dims,
-                          "bert" if cfg.use_bert else "features", dataset_name=cfg.dataset)  # fmt: skip
+    dataset = random_dataset(cfg, n_train, n_eval)
     tcfg = TrainConfig(batch_size=setting.batch_size, precision=precision, compile=setting.compile)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, dataset, tcfg, tmp, seed=1111, device=device, progress=False, distributed=False)
-        first = next(splits["train"].batches(setting.batch_size, device=device))
+        first = next(dataset["train"].batches(setting.batch_size, device=device))
         flops_train = count_flops(trainer.model, first, precision, train=True) / setting.batch_size
         flops_eval = count_flops(trainer.model, first, precision, train=False) / setting.batch_size
 
@@ -231,7 +236,7 @@ def run_benchmark(setting: BenchSetting) -> dict[str, Any]:
         overlap = trainer.gradients.overlap
         warmup = timed(trainer.train_epoch)
         train_times = [timed(trainer.train_epoch) for _ in range(setting.windows)]
-        evaluate = lambda: predict(trainer.model, splits["test"], device, batch_size=setting.batch_size,  # noqa: E731
+        evaluate = lambda: predict(trainer.model, dataset["test"], device, batch_size=setting.batch_size,  # noqa: E731
                                    precision=precision)  # fmt: skip
         timed(evaluate)
         eval_times = [timed(evaluate) for _ in range(setting.windows)]

@@ -203,7 +203,7 @@ class GradientSteps:
         self.params, self.optimizer, self.clip_value = params, optimizer, clip
         self.scaler = grad_scaler(device, precision)
         self.found_inf = torch.zeros((), device=device)  # fp16: an overflow in this accumulation group
-        self.overlap = overlap and not self.scaler.is_enabled()
+        self.overlap = overlap
         self._thread: BackwardThread | None = None
 
     @contextmanager
@@ -239,11 +239,12 @@ class GradientSteps:
     def backward(self, loss: torch.Tensor) -> None:
         """``loss.backward()``. Inside :meth:`epoch` with overlap: queued on the backward thread once the
         previous mini-batch's backward and clip are done (so at most two autograd graphs are alive)."""
+        scaled = self.scaler.scale(loss)  # fp32/bf16: the scaler is off and returns the loss itself
         if self._thread is None:
-            self.scaler.scale(loss).backward()  # fp32/bf16: the scaler is off and returns the loss itself
+            scaled.backward()
             return
         self._thread.wait()
-        self._thread.submit(loss.backward)
+        self._thread.submit(scaled.backward)
 
     def clip(self) -> None:
         """Clip the running sum of gradients by value at ``clip`` (fp16: at ``clip * S``, see above);
