@@ -198,7 +198,7 @@ class GradientSteps:
     scaler's check for skipped steps is one host synchronisation per optimizer step, fp16 only.)
     """
 
-    def __init__(self, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer, device: torch.device,
+    def __init__(self, params: list[torch.nn.Parameter], optimizer: Any, device: torch.device,
                  precision: str, clip: float, overlap: bool = False) -> None:  # fmt: skip
         self.params, self.optimizer, self.clip_value = params, optimizer, clip
         self.scaler = grad_scaler(device, precision)

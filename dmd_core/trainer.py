@@ -6,7 +6,8 @@
 
 Evaluation lives in :mod:`dmd_core.evaluation`, run folders in :mod:`dmd_core.runs`.
 
-The recipe (the book's method reference, "Training recipe"): Adam (lr 1e-4, no weight decay) over the model and both
+The recipe (the book's method reference, "Training recipe"): Adam (lr 1e-4, no weight decay; :mod:`dmd_core.optim`
+computes exactly what ``torch.optim.Adam`` does, without its start-up cost) over the model and both
 GD-Units; each mini-batch's loss (not divided) is back-propagated into the running sum of
 gradients, which is clipped by value (0.6) after every backward; every 10 mini-batches the
 optimizer steps. ReduceLROnPlateau (factor 0.5, patience 5) and early stopping (10 epochs
@@ -87,6 +88,7 @@ from .evaluation import scores as evaluation_scores
 from .losses import LossParts, total_loss
 from .metrics import METRIC_NAMES
 from .model import DMD, DMDOutput
+from .optim import Adam, ReduceLROnPlateau
 
 if TYPE_CHECKING:
     from .data import MMSADataset
@@ -225,8 +227,8 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(self.seed)  # train shuffling
         self.forward = self._wrap(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(self.params, lr=train_config.lr)
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        self.optimizer = Adam(self.params, lr=train_config.lr)  # torch.optim.Adam's numbers (dmd_core.optim)
+        self.scheduler = ReduceLROnPlateau(
             self.optimizer, mode="min", factor=train_config.plateau_factor, patience=train_config.plateau_patience
         )
         overlap = resolve_overlap(train_config.overlap, self.device, self.precision, self.dist.enabled,

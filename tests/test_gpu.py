@@ -261,7 +261,14 @@ def test_a_training_epoch_never_waits_for_the_gpu_inside_its_mini_batch_loop(tmp
     assert trainer.dataset["train"].audio.is_cuda  # the data lives on the GPU: no copy needs to wait
     trainer.train_epoch()  # warm-up: library handles, allocator, lazy initialisation
     steps: list[int] = []
-    handle = trainer.optimizer.register_step_post_hook(lambda *args: steps.append(1))
+    step = trainer.optimizer.step
+
+    def counted_step(*args, **kwargs):
+        result = step(*args, **kwargs)
+        steps.append(1)
+        return result
+
+    trainer.optimizer.step = counted_step
     torch.cuda.synchronize()
     where = "nowhere (the epoch ended without one)"
     torch.cuda.set_sync_debug_mode("error")
@@ -274,7 +281,7 @@ def test_a_training_epoch_never_waits_for_the_gpu_inside_its_mini_batch_loop(tmp
         where = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.line}" for f in reversed(frames[-3:]))
     finally:
         torch.cuda.set_sync_debug_mode("default")
-        handle.remove()
+        trainer.optimizer.step = step
     expected = n // batch_size // accumulation
     assert len(steps) == expected, f"synchronised after {len(steps)} of {expected} optimizer steps, at {where}"
 
