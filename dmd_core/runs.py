@@ -45,8 +45,10 @@ import io
 import json
 import math
 import os
+import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,6 +131,23 @@ def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], column
 
     Floats are written with ``repr`` so that they read back bit for bit.
     """
+    return atomic_write_text(path, csv_text(rows, columns))
+
+
+def checkpoint_bytes(obj: Any) -> memoryview:
+    """What ``torch.save(obj)`` writes, in memory: a snapshot of every tensor as it is now."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getbuffer()
+
+
+def save_checkpoint(path: str | os.PathLike, obj: Any) -> Path:
+    """``torch.save`` through a temporary file and a rename."""
+    return atomic_write_bytes(path, checkpoint_bytes(obj))
+
+
+def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """The text :func:`write_csv` writes."""
     if columns is None:
         columns = list(dict.fromkeys(k for row in rows for k in row))
     buf = io.StringIO()
@@ -136,14 +155,65 @@ def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], column
     writer.writeheader()
     for row in rows:
         writer.writerow({k: row.get(k, "") for k in columns})
-    return atomic_write_text(path, buf.getvalue())
+    return buf.getvalue()
 
 
-def save_checkpoint(path: str | os.PathLike, obj: Any) -> Path:
-    """``torch.save`` through a temporary file and a rename."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return atomic_write_bytes(path, buf.getvalue())
+class FileWriter:
+    """Atomic writes (:func:`atomic_write_bytes`) on one background thread, in the order they were asked for.
+
+    The caller hands over finished bytes (for a checkpoint, :func:`checkpoint_bytes`: the tensors as
+    they are when asked), so training can go on while the disk writes and syncs. After a failed write
+    the writes queued behind it are dropped, so the folder stays as a whole at the last epoch written;
+    :meth:`flush` waits for everything asked so far and raises the first failure (also raised by the
+    next :meth:`write`). A file becomes visible only complete, by its rename, as with the direct writes.
+    """
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
+        self._failed = threading.Event()
+
+    def write(self, path: str | os.PathLike, data: bytes | memoryview) -> None:
+        self._raise_failure()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dmd-files")
+        self._pending.append(self._pool.submit(self._write, Path(path), data))
+
+    def _write(self, path: Path, data: bytes | memoryview) -> None:
+        if self._failed.is_set():
+            raise FileWriteSkipped(f"{path} not written: an earlier write failed")
+        try:
+            atomic_write_bytes(path, data)
+        except BaseException:
+            self._failed.set()
+            raise
+
+    def _raise_failure(self) -> None:
+        done = [f for f in self._pending if f.done()]
+        if any(f.exception() is not None for f in done):
+            self.flush()
+        self._pending = [f for f in self._pending if not f.done()]
+
+    def flush(self) -> None:
+        """Wait for every write asked for so far; raise the first that failed (those behind it were dropped)."""
+        pending, self._pending = self._pending, []
+        errors = [e for e in (f.exception() for f in pending) if e is not None]  # in the order asked for
+        self._failed.clear()
+        if errors:
+            raise errors[0]
+
+    def close(self) -> None:
+        """:meth:`flush`, then end the thread."""
+        try:
+            self.flush()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+
+class FileWriteSkipped(OSError):
+    """A queued write not attempted because an earlier one failed."""
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -241,6 +241,8 @@ class Trainer:
         self.best_valid, self.best_epoch = math.inf, 0
         self.stop_reason = ""
         self.history: list[dict[str, float]] = []
+        self.model_is_best = False  # the weights are those of best.pt (set when an epoch improves, until the next)
+        self.files = runs.FileWriter()  # the run folder's checkpoints are written on a background thread
 
     def _wrap(self, model: DMD) -> nn.Module:
         """The module the training step calls: DDP and/or ``torch.compile`` around the model."""
@@ -290,6 +292,7 @@ class Trainer:
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore everything :meth:`_state` saved (model, optimizer, scheduler, early stop, RNGs, history)."""
         self.model.load_state_dict(state["model"])
+        self.model_is_best = False
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.steps = int(state["epoch"]), int(state["steps"])
@@ -327,6 +330,7 @@ class Trainer:
     def train_epoch(self) -> dict[str, float]:
         """One pass over the train split: the recipe's accumulate, clip, step. Returns the epoch's means."""
         epoch = self.epoch + 1
+        self.model_is_best = False
         self.forward.train()
         acc = self.tcfg.accumulation
         batches, n_batches = self._train_batches()
@@ -413,25 +417,53 @@ class Trainer:
             runs.write_json(self.run_dir / runs.CONFIG, self.meta)
 
     def _save_epoch(self, improved: bool, valid_loss: float) -> None:
-        """Rank 0 writes ``best.pt`` (when ``improved``), ``history.csv`` and ``last.pt`` (every RNG state)."""
+        """Rank 0 writes ``best.pt`` (when ``improved``), ``history.csv`` and ``last.pt`` (every RNG state).
+
+        The checkpoints are serialised here (a snapshot of this epoch's tensors); the disk writes and
+        syncs run on ``self.files``'s thread while the next epoch (or the test) computes.
+        """
         if not self.dist.is_main:
             return
         self._assert_finite_weights("checkpoint")
         if improved:
-            runs.save_checkpoint(self.run_dir / runs.BEST, {
+            self.files.write(self.run_dir / runs.BEST, runs.checkpoint_bytes({
                 "model": self.model.state_dict(), "epoch": self.epoch, "valid_loss": valid_loss, "seed": self.seed,
-            })  # fmt: skip
-        runs.write_csv(self.run_dir / runs.HISTORY, self.history)
-        runs.save_checkpoint(self.run_dir / runs.LAST, self._state())
+            }))  # fmt: skip
+        self.files.write(self.run_dir / runs.HISTORY, runs.csv_text(self.history).encode("utf-8"))
+        self.files.write(self.run_dir / runs.LAST, runs.checkpoint_bytes(self._state()))
 
     def fit(self, resume: bool = False) -> RunResult:
         """Train until early stopping or ``max_epochs``, then test the best weights. Writes the run folder."""
-        main, last_file = self.dist.is_main, self.run_dir / runs.LAST
+        main = self.dist.is_main
         self._open_run_folder(resume)
         max_epochs = self.tcfg.max_epochs
         if max_epochs is not None and self.epoch >= max_epochs and not self.stop_reason:
             self.stop_reason = "max_epochs"
         epochs_bar = tqdm(total=max_epochs, initial=self.epoch, desc="epochs", disable=not self.progress)
+        try:
+            self._epochs(max_epochs, epochs_bar)
+            log.info("stopped after epoch %d (%s); best epoch %d", self.epoch, self.stop_reason, self.best_epoch)
+            test_metrics = self.test() if main else None  # while the last checkpoints are being written
+        except BaseException:
+            self._abandon_files()
+            raise
+        finally:
+            epochs_bar.close()
+        self.files.close()  # every file of the run is on disk when fit returns
+        if self.dist.enabled:
+            dist.barrier()
+        return RunResult(self.run_dir, self.seed, test_metrics, self.best_epoch, self.epoch, self.stop_reason,
+                         self.history, self.model)  # fmt: skip
+
+    def _abandon_files(self) -> None:
+        """On an error: finish the files still being written; a failure there is logged, not raised over the error."""
+        try:
+            self.files.close()
+        except Exception:
+            log.exception("writing the run folder %s failed as well", self.run_dir)
+
+    def _epochs(self, max_epochs: int | None, epochs_bar: tqdm) -> None:
+        last_file = self.run_dir / runs.LAST
         while not self.stop_reason:
             start = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
@@ -448,6 +480,7 @@ class Trainer:
             improved = valid_loss <= self.best_valid - MIN_DELTA
             if improved:
                 self.best_valid, self.best_epoch = valid_loss, self.epoch
+            self.model_is_best = improved
             row.update(time_s=time.perf_counter() - start, steps=self.steps, best=int(improved),
                        best_valid_loss=self.best_valid)  # fmt: skip
             self.history.append(row)
@@ -463,19 +496,16 @@ class Trainer:
             epochs_bar.update(1)
             epochs_bar.set_postfix(valid=f"{valid_loss:.4f}", best=f"{self.best_valid:.4f}")
             if self.on_epoch_end is not None:
+                self.files.flush()  # the callback sees this epoch's files
                 self.on_epoch_end(self, row)
-        epochs_bar.close()
-        log.info("stopped after epoch %d (%s); best epoch %d", self.epoch, self.stop_reason, self.best_epoch)
-        test_metrics = self.test() if main else None
-        if self.dist.enabled:
-            dist.barrier()
-        return RunResult(self.run_dir, self.seed, test_metrics, self.best_epoch, self.epoch, self.stop_reason,
-                         self.history, self.model)  # fmt: skip
 
     def test(self) -> dict[str, Any]:
-        """Load the best weights, evaluate the test split once, write test_metrics.json and test_predictions.csv."""
+        """Load the best weights, evaluate the test split once, write test_metrics.json and test_predictions.csv.
+
+        When the last epoch trained was the best one, the model already holds the weights ``best.pt`` has.
+        """
         best = self.run_dir / runs.BEST
-        if best.is_file():
+        if not self.model_is_best and best.is_file():
             self.model.load_state_dict(runs.load_checkpoint(best, map_location=self.device)["model"])
         self.model.eval()
         pred = predict(self.model, self.dataset["test"], self.device, batch_size=self._eval_bs(),

@@ -50,6 +50,32 @@ def test_a_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
+def test_the_file_writer_writes_in_order_in_the_background_and_drops_what_follows_a_failure(tmp_path, monkeypatch):
+    files = runs.FileWriter()
+    for i in range(3):
+        files.write(tmp_path / "a.txt", f"{i}".encode())
+    files.write(tmp_path / "b.pt", runs.checkpoint_bytes({"w": torch.arange(4)}))
+    files.flush()
+    assert (tmp_path / "a.txt").read_text() == "2"
+    assert torch.equal(torch.load(tmp_path / "b.pt", weights_only=True)["w"], torch.arange(4))
+    write = runs.atomic_write_bytes
+
+    def failing(path, data):
+        if path.name == "bad":
+            raise OSError(f"cannot write {path}")
+        return write(path, data)
+
+    monkeypatch.setattr(runs, "atomic_write_bytes", failing)
+    files.write(tmp_path / "bad", b"x")
+    files.write(tmp_path / "a.txt", b"after")  # dropped: the folder stays as it was before the failure
+    with pytest.raises(OSError, match="cannot write .*bad"):
+        files.flush()
+    assert (tmp_path / "a.txt").read_text() == "2" and not (tmp_path / "bad").exists()
+    files.write(tmp_path / "a.txt", b"again")  # after the failure was raised, writes go on
+    files.close()
+    assert (tmp_path / "a.txt").read_text() == "again"
+
+
 def test_csv_floats_read_back_bit_for_bit(tmp_path):
     values = [0.1 + 0.2, 1 / 3, 1e-300, -2.5e17]
     runs.write_csv(tmp_path / "h.csv", [{"epoch": i, "v": v} for i, v in enumerate(values)])

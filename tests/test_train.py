@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dmd_core import runs
 from dmd_core.config import TrainConfig
 from dmd_core.data import Split
 from dmd_core.devices import pick_device, seed_everything
@@ -266,6 +267,26 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     assert len(load_run(tmp_path / "run").history) == 2
 
 
+def test_a_failed_checkpoint_write_stops_the_run_and_leaves_the_last_epoch_written_whole(tmp_path, monkeypatch):
+    cfg = tiny_config()
+    ds = tiny_dataset(cfg)
+    run_dir = tmp_path / "run"
+    write, written = runs.atomic_write_bytes, []
+
+    def disk_full_at_epoch_3(path, data):
+        if sum(Path(p).name == "last.pt" for p in written) == 2:  # epoch 3's first file
+            raise OSError(28, "No space left on device", str(path))
+        written.append(path)
+        return write(path, data)
+
+    monkeypatch.setattr(runs, "atomic_write_bytes", disk_full_at_epoch_3)
+    with pytest.raises(OSError, match="No space left"):
+        train(cfg, ds, FAST.replace(max_epochs=5), run_dir, seed=1, progress=False)
+    assert load_run(run_dir).checkpoint("last")["epoch"] == 2  # epoch 3's history and last.pt were not written
+    assert len(load_run(run_dir).history) == 2 and not (run_dir / "test_metrics.json").exists()
+    assert sorted(p.name for p in run_dir.iterdir()) == ["best.pt", "config.json", "history.csv", "last.pt"]
+
+
 # ---- what a run records ----------------------------------------------------------------------------------------
 
 
@@ -287,10 +308,12 @@ def test_history_records_every_loss_part_metric_lr_time_and_edge(tmp_path):
     assert result.history[-1]["steps"] == 3 * math.ceil(40 / 4 / 3)
 
 
-def test_test_split_is_scored_once_with_the_best_weights(tmp_path):
+@pytest.mark.parametrize("epochs", [1, 4])  # 1: the model in memory is the best one and is not reloaded
+def test_test_split_is_scored_once_with_the_best_weights(tmp_path, epochs):
     cfg = tiny_config()
     ds = tiny_dataset(cfg)
-    result = train(cfg, ds, _plateau_recipe().replace(max_epochs=4), tmp_path / "run", seed=2, progress=False)
+    result = train(cfg, ds, _plateau_recipe().replace(max_epochs=epochs), tmp_path / "run", seed=2, progress=False)
+    assert (result.best_epoch == result.epochs) == (epochs == 1)
     run = load_run(tmp_path / "run")
     best = run.load_model("best")
     scores = evaluate(best, ds["test"])
