@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from .config import MODALITIES, DMDConfig
@@ -114,16 +113,16 @@ def time_major(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(x.shape[0], -1)
 
 
-class DMD(nn.Module, PyTorchModelHubMixin, library_name="dmd_core", license="mit",
-          paper_url="https://arxiv.org/abs/2303.13802", tags=["dmd", "multimodal-sentiment-analysis"]):  # fmt: skip
+class DMD(nn.Module):
     """Decoupled Multimodal Distillation (Li, Wang, Cui, CVPR 2023).
 
     ``DMD(config)(text, audio, vision)`` -> :class:`DMDOutput`, where ``text`` is
     ``(B, 3, L_t)`` ids/mask/segments with BERT or ``(B, L_t, d_t)`` features,
     ``audio (B, L_a, d_a)``, ``vision (B, L_v, d_v)``. ``homo_gd`` and
     ``hetero_gd`` are the two GD-Units; their losses are in :mod:`dmd_core.losses`.
-    ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` (huggingface_hub's mixin) share it as
-    ``config.json`` + ``model.safetensors``; :mod:`dmd_core.sharing` says what they check.
+    ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` (the methods of huggingface_hub's
+    ``PyTorchModelHubMixin``) share it as ``config.json`` + ``model.safetensors``; :mod:`dmd_core.sharing`
+    says what they check.
     """
 
     def __init__(self, config: DMDConfig) -> None:
@@ -242,25 +241,33 @@ class DMD(nn.Module, PyTorchModelHubMixin, library_name="dmd_core", license="mit
             hetero_graph=self.hetero_gd(hetero_branch.logits, hetero_branch.reprs),
         )
 
-    # ---- sharing: huggingface_hub's mixin, with DMD's config and checks (dmd_core.sharing) ----
+    # ---- sharing: Hugging Face-style folders (dmd_core.sharing; huggingface_hub is imported only when used) ----
+
+    def save_pretrained(self, save_directory: str | Path, *, push_to_hub: bool = False, repo_id: str | None = None,
+                        **push_kwargs: Any) -> str | None:  # fmt: skip
+        """Write ``config.json``, ``model.safetensors`` (BERT's weights included) and, if absent, a ``README.md``
+        card to ``save_directory``; with ``push_to_hub``, then upload it (``repo_id``: default the folder's name)."""
+        from .sharing import save_folder
+
+        folder = save_folder(self, save_directory)
+        if push_to_hub:
+            return self.push_to_hub(repo_id or folder.name, **push_kwargs)
+        return None
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs: Any) -> DMD:
-        """A DMD from a folder (``save_pretrained``, ``dmd export``) or a hub id; a hub id fails at once offline."""
-        from .sharing import check_source
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *, map_location: str = "cpu",
+                        strict: bool = True, **hub_kwargs: Any) -> DMD:  # fmt: skip
+        """A DMD (eval mode) from a folder (``save_pretrained``, ``dmd export``) or a hub id; a hub id fails at once
+        offline. ``hub_kwargs``: ``revision``, ``cache_dir``, ``force_download``, ``local_files_only``, ``token``."""
+        from .sharing import from_folder_or_hub
 
-        check_source(pretrained_model_name_or_path, kwargs.get("local_files_only", False))
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return from_folder_or_hub(cls, pretrained_model_name_or_path, map_location=map_location, strict=strict,
+                                  **hub_kwargs)  # fmt: skip
 
-    def _save_pretrained(self, save_directory: Path) -> None:
-        from .sharing import write_config
+    def push_to_hub(self, repo_id: str, *, commit_message: str = "Push DMD with dmd_core", private: bool | None = None,
+                    token: str | None = None, branch: str | None = None, create_pr: bool | None = None) -> str:  # fmt: skip
+        """Save to a temporary folder and upload it to the hub repository ``repo_id`` (created if needed)."""
+        from .sharing import push_model
 
-        super()._save_pretrained(save_directory)  # model.safetensors (BERT's weights included)
-        write_config(self, save_directory)  # config.json, self-contained (BERT's config included)
-
-    @classmethod
-    def _from_pretrained(cls, *, model_id: str, config: Any = None, map_location: str = "cpu", strict: bool = True,
-                         **hub_kwargs: Any) -> DMD:  # fmt: skip
-        from .sharing import load_pretrained
-
-        return load_pretrained(cls, model_id, config, map_location=map_location, strict=strict, **hub_kwargs)
+        return push_model(self, repo_id, commit_message=commit_message, private=private, token=token, branch=branch,
+                          create_pr=create_pr)  # fmt: skip

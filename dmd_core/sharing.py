@@ -1,7 +1,8 @@
 """Sharing trained models: Hugging Face-style folders, runs exported to them, and their model card.
 
-A :class:`~dmd_core.model.DMD` saves and loads itself through ``huggingface_hub``'s
-``PyTorchModelHubMixin``::
+A :class:`~dmd_core.model.DMD` saves and loads itself with the methods of ``huggingface_hub``'s
+``PyTorchModelHubMixin`` (same names, same files; implemented here, so that ``huggingface_hub`` is
+imported only when a model is shared, not at every start of a training run)::
 
     model.save_pretrained("dmd-mosi")              # config.json + model.safetensors (+ a README.md)
     model = DMD.from_pretrained("dmd-mosi")        # a local folder, or a hub id ("user/dmd-mosi")
@@ -16,14 +17,15 @@ missing, unexpected or wrongly shaped tensor fails, naming every one
 (:class:`WeightsMismatchError`). A hub id that is not in the local cache fails at once when the
 hub cannot be reached (:class:`ModelUnavailableError`), never after download retries.
 
-This module supplies what is DMD's own; the files are written and read by the mixin and
-``safetensors``.
+The weights are written and read by ``safetensors``, downloads and uploads by ``huggingface_hub``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,8 +49,9 @@ PAPER_URL = "https://arxiv.org/abs/2303.13802"
 STRUCTURE = ("dataset", "aligned", "seq_lens", "feature_dims", "d", "heads", "nlevels", "kernel_sizes")
 
 __all__ = ["WeightsMismatchError", "ModelUnavailableError", "export_run", "load_model", "choose_run", "model_card",
-           "self_contained_config", "load_weights", "push_folder", "require_hub",
-           "read_training"]  # fmt: skip
+           "self_contained_config", "load_weights", "push_folder", "require_hub", "read_training", "save_folder",
+           "from_folder_or_hub", "push_model"]  # fmt: skip
+LIBRARY_CARD = {"library_name": "dmd_core", "license": "mit", "tags": ["dmd", "multimodal-sentiment-analysis"]}
 
 
 class WeightsMismatchError(ValueError):
@@ -70,6 +73,64 @@ def self_contained_config(model: DMD) -> DMDConfig:
     bert_config = model.text_encoder.bert.config.to_dict()
     bert_config.pop("_name_or_path", None)  # a path on the machine that trained it
     return cfg.replace(bert=BertSpec(name_or_path=None, config=bert_config, finetune=cfg.bert.finetune))
+
+
+def save_folder(model: DMD, folder: str | os.PathLike) -> Path:
+    """What ``DMD.save_pretrained`` writes: ``config.json``, ``model.safetensors`` and, unless one is there, a
+    short ``README.md`` card (``dmd export`` writes a full one from the run)."""
+    from safetensors.torch import save_model
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(folder / WEIGHTS))  # BERT's weights included; tensors shared in memory stored once
+    write_config(model, folder)
+    if not (folder / CARD).exists():
+        runs.atomic_write_text(folder / CARD, plain_card(folder.name))
+    return folder
+
+
+def plain_card(name: str) -> str:
+    """The card of a folder written by ``save_pretrained``: metadata, the paper, how to load it."""
+    tags = "".join(f"\n- {t}" for t in LIBRARY_CARD["tags"])
+    return (f"---\nlibrary_name: {LIBRARY_CARD['library_name']}\nlicense: {LIBRARY_CARD['license']}\ntags:{tags}\n---\n\n"
+            f"# {name}\n\nA Decoupled Multimodal Distillation model (Li, Wang, Cui, CVPR 2023; [paper]({PAPER_URL})), "
+            "saved with `dmd_core`.\n\n```python\nfrom dmd_core import DMD\n\n"
+            f"model = DMD.from_pretrained(\"{name}\")\n```\n")  # fmt: skip
+
+
+def from_folder_or_hub(cls: type[DMD], source: str | os.PathLike, map_location: str = "cpu", strict: bool = True,
+                       **hub_kwargs: Any) -> DMD:  # fmt: skip
+    """What ``DMD.from_pretrained`` does: find ``config.json`` (folder, cache or hub), then :func:`load_pretrained`."""
+    model_id = str(source)
+    check_source(model_id, hub_kwargs.get("local_files_only", False))
+    if os.path.isdir(model_id):
+        file = Path(model_id) / CONFIG
+        config_file = str(file) if file.is_file() else None
+    else:
+        from huggingface_hub import hf_hub_download
+
+        config_file = hf_hub_download(repo_id=model_id, filename=CONFIG, **hub_kwargs)
+    config = None
+    if config_file is not None:
+        try:
+            config = json.loads(Path(config_file).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{config_file}: not a JSON config ({err})") from None
+    return load_pretrained(cls, model_id, config, map_location=map_location, strict=strict, **hub_kwargs)
+
+
+def push_model(model: DMD, repo_id: str, commit_message: str, private: bool | None = None, token: str | None = None,
+               branch: str | None = None, create_pr: bool | None = None) -> str:  # fmt: skip
+    """What ``DMD.push_to_hub`` does: save to a temporary folder, upload it in one commit; fails at once offline."""
+    require_hub(f"push to {repo_id!r}")
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    repo = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    with tempfile.TemporaryDirectory(prefix="dmd-push-") as tmp:
+        folder = save_folder(model, Path(tmp) / repo.split("/")[-1])
+        return str(api.upload_folder(repo_id=repo, folder_path=str(folder), repo_type="model",
+                                     commit_message=commit_message, revision=branch, create_pr=create_pr))  # fmt: skip
 
 
 def write_config(model: DMD, folder: str | os.PathLike) -> Path:
@@ -139,7 +200,7 @@ def check_source(name: str | os.PathLike, local_files_only: bool = False) -> Non
 
 def load_pretrained(cls: type[DMD], model_id: str, config: Any, map_location: str = "cpu", strict: bool = True,
                     **hub_kwargs: Any) -> DMD:  # fmt: skip
-    """What ``DMD.from_pretrained`` does once the mixin has read ``config.json``: build, check, load."""
+    """Build the DMD that ``config`` (the parsed ``config.json``) describes, check and load its weights."""
     if config is None:
         raise FileNotFoundError(f"{model_id}: no {CONFIG} (a DMD folder holds {CONFIG} and {WEIGHTS}, written by "
                                 "DMD.save_pretrained or dmd export)")  # fmt: skip
@@ -286,8 +347,7 @@ def model_card(info: dict[str, Any], where: str) -> str:
     """The model card (``README.md``) of an exported run: metadata for the hub, then the run in prose and tables."""
     from huggingface_hub import ModelCardData
 
-    meta = ModelCardData(library_name="dmd_core", license="mit",
-                         tags=["dmd", "multimodal-sentiment-analysis", "pytorch_model_hub_mixin", "model_hub_mixin"])  # fmt: skip
+    meta = ModelCardData(**LIBRARY_CARD)
     layout = "aligned" if info["aligned"] else "unaligned"
     changes = info["preset_changes"]
     preset_text = (f"no official preset for dataset {info['dataset']!r}" if changes is None

@@ -88,12 +88,13 @@ def test_method_and_loop_functions_stay_short():
     assert not long, long
 
 
-def test_import_dmd_core_does_not_import_transformers_or_the_book_tools():
+def test_import_dmd_core_does_not_import_transformers_the_hub_or_the_book_tools():
     import subprocess
     import sys
 
+    heavy = ("transformers", "huggingface_hub", "safetensors", "matplotlib", "pandas", "sklearn", "torch._dynamo")
     code = (
-        "import sys, dmd_core; print(sorted(m for m in ('transformers', 'matplotlib', 'pandas') if m in sys.modules))"
+        f"import sys, dmd_core, dmd_core.cli, dmd_core.trainer; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

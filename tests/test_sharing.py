@@ -186,4 +186,23 @@ def test_a_hub_id_without_network_fails_at_once_and_says_so(trained, tmp_path, m
     assert "hub cannot be reached" in caplog.text and "local folder" in caplog.text
     assert dmd("export", trained[0], "--out", tmp_path / "exp", "--push-to-hub", "someone/dmd-mosi") == 2
     assert not (tmp_path / "exp").exists()  # refused before anything was written
-    assert hasattr(DMD, "push_to_hub")
+    model = DMD(tiny_config())
+    start = time.perf_counter()
+    with pytest.raises(ModelUnavailableError, match="push to 'someone/dmd-mosi'.*cannot be reached"):
+        model.push_to_hub("someone/dmd-mosi")
+    with pytest.raises(ModelUnavailableError, match="cannot be reached"):
+        model.save_pretrained(tmp_path / "pushed", push_to_hub=True, repo_id="someone/dmd-mosi")
+    assert time.perf_counter() - start < 5
+
+
+def test_save_pretrained_writes_the_three_files_and_keeps_a_card_already_there(tmp_path):
+    model, folder = _saved(tmp_path)
+    assert {p.name for p in folder.iterdir()} == {"config.json", "model.safetensors", "README.md"}
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: dmd_core\nlicense: mit\n") and 'DMD.from_pretrained("m")' in card
+    (folder / "README.md").write_text("my card\n")
+    model.save_pretrained(folder)
+    assert (folder / "README.md").read_text() == "my card\n"
+    loaded = DMD.from_pretrained(folder)
+    assert type(loaded) is DMD and not loaded.training
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
