@@ -54,7 +54,7 @@ RUNNER = Path(__file__).resolve().parent / "reference_runner.py"
 SIDES = ("reference", "ours")
 SEED = 1111
 # Runs `dmd` in the interpreter running this script (the console script may be missing from PATH).
-DMD_CLI = "import sys; from dmd_core.cli import main; sys.argv[0] = 'dmd'; sys.exit(main())"
+DMD_CLI = "import sys; from dmd_core.cli import run; sys.argv[0] = 'dmd'; run()"
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_at
                  intermediate_size=3072, max_position_embeddings=512)  # fmt: skip
 BERT_TINY = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                  intermediate_size=64, max_position_embeddings=512)  # fmt: skip
-DMD_CLI = "import sys; from dmd_core.cli import main; sys.exit(main())"  # `dmd` without relying on PATH
+DMD_CLI = "from dmd_core.cli import run; run()"  # `dmd` without relying on PATH
 SAVE_BERT = (
     "import json, sys; from transformers import BertConfig, BertModel; "
     "BertModel(BertConfig(**json.loads(sys.argv[1]))).save_pretrained(sys.argv[2])"

@@ -158,3 +158,30 @@ def test_every_command_reports_a_bad_argument_in_one_line_without_a_traceback(tm
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and expected in result.stderr
     assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1, result.stderr
+
+
+def test_the_console_script_exits_with_the_commands_code_and_freezes_the_garbage_collector_only_then():
+    import gc
+    import subprocess
+    import sys
+
+    import dmd_core.cli
+
+    assert gc.get_freeze_count() == 0  # in-process callers use main(), which freezes nothing
+    # The console script's entry point, as pip writes it, and `python -m dmd_core.cli`: same exit codes as main().
+    code = "import gc, sys; from dmd_core.cli import run; sys.argv[0] = 'dmd'; run()"
+    for cmd in (
+        [sys.executable, "-c", code, "synth", "--sizes", "x"],
+        [sys.executable, "-m", "dmd_core.cli", "--help"],
+    ):
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert done.returncode == (2 if "synth" in cmd else 0), done.stderr[-500:]
+    original = dmd_core.cli.main
+    try:
+        dmd_core.cli.main = lambda argv=None: 3
+        with pytest.raises(SystemExit) as done:
+            dmd_core.cli.run([])
+        assert done.value.code == 3 and gc.get_freeze_count() > 0
+    finally:
+        dmd_core.cli.main = original
+        gc.unfreeze()

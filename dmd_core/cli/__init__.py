@@ -10,6 +10,7 @@ non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import logging
 import os
@@ -75,5 +76,18 @@ def main(argv: list[str] | None = None) -> int:
     return int(args.func(args) or 0)
 
 
+def run(argv: list[str] | None = None) -> None:
+    """The ``dmd`` console script (and ``python -m dmd_core.cli``): :func:`main`, then the process exits.
+
+    Every object alive at that point lives until the exit anyway; ``gc.freeze()`` spares the
+    interpreter's final garbage collections the walk over them (PyTorch's many objects: a few tenths
+    of a second at the end of every command). In-process callers (tests, notebooks) call
+    :func:`main`, which freezes nothing.
+    """
+    code = main(argv)
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
