@@ -152,8 +152,37 @@ def resolve_overlap(overlap: bool | None, device: torch.device, precision: str, 
     return bool(overlap)
 
 
-class BackwardThread:
-    """Runs jobs (backward passes, clipping) in the order given, on one thread beside the calling one.
+class JobThread:
+    """Runs jobs in the order given, on one thread beside the calling one (:class:`BackwardThread`, and the
+    run folder's writer, :class:`dmd_core.runs.FileWriter`). :meth:`wait` and :meth:`close` raise the first
+    error a job raised; :meth:`failed` says, without waiting, whether a finished job raised one."""
+
+    def __init__(self, name: str, initializer: Callable[..., object] | None = None, initargs: tuple = ()) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=name, initializer=initializer, initargs=initargs)
+        self._pending: list[Future] = []
+
+    def submit(self, job: Callable[..., object], *args: Any) -> None:
+        self._pending.append(self._pool.submit(job, *args))
+
+    def failed(self) -> bool:
+        return any(f.done() and f.exception() is not None for f in self._pending)
+
+    def wait(self) -> None:
+        """Block until every submitted job is done; raises the first error one of them raised."""
+        pending, self._pending = self._pending, []
+        errors = [e for e in (f.exception() for f in pending) if e is not None]  # in the order submitted
+        if errors:
+            raise errors[0]
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+class BackwardThread(JobThread):
+    """The :class:`JobThread` that takes backward passes and clipping, one thread per operation.
 
     While the trainer runs the forward pass of mini-batch ``i + 1``, this thread runs the backward
     pass of mini-batch ``i``: within an accumulation group the weights do not change, so the next
@@ -164,24 +193,7 @@ class BackwardThread:
     """
 
     def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="dmd-backward", initializer=torch.set_num_threads,
-                                        initargs=(1,))  # fmt: skip
-        self._pending: list[Future] = []
-
-    def submit(self, job: Callable[[], object]) -> None:
-        self._pending.append(self._pool.submit(job))
-
-    def wait(self) -> None:
-        """Block until every submitted job is done; raises the first error one of them raised."""
-        pending, self._pending = self._pending, []
-        for future in pending:
-            future.result()
-
-    def close(self) -> None:
-        try:
-            self.wait()
-        finally:
-            self._pool.shutdown(wait=True)
+        super().__init__("dmd-backward", torch.set_num_threads, (1,))
 
 
 class GradientSteps:

@@ -43,8 +43,6 @@ class Adam:
     Parameters without a gradient are skipped (their state is untouched), as in PyTorch.
     """
 
-    _step_supports_amp_scaling = False  # GradScaler unscales the gradients itself before step()
-
     def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict[str, Any]], lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0) -> None:  # fmt: skip
         if not 0.0 <= lr:

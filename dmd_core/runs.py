@@ -48,7 +48,6 @@ import os
 import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +55,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .config import DMDConfig, TrainConfig
+from .devices import JobThread
 
 if TYPE_CHECKING:  # pandas is imported lazily: it is only needed to read runs back
     import pandas as pd
@@ -169,15 +169,15 @@ class FileWriter:
     """
 
     def __init__(self) -> None:
-        self._pool: ThreadPoolExecutor | None = None
-        self._pending: list[Future] = []
+        self._thread: JobThread | None = None
         self._failed = threading.Event()
 
     def write(self, path: str | os.PathLike, data: bytes | memoryview) -> None:
-        self._raise_failure()
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dmd-files")
-        self._pending.append(self._pool.submit(self._write, Path(path), data))
+        if self._thread is None:
+            self._thread = JobThread("dmd-files")
+        elif self._thread.failed():
+            self.flush()
+        self._thread.submit(self._write, Path(path), data)
 
     def _write(self, path: Path, data: bytes | memoryview) -> None:
         if self._failed.is_set():
@@ -188,28 +188,22 @@ class FileWriter:
             self._failed.set()
             raise
 
-    def _raise_failure(self) -> None:
-        done = [f for f in self._pending if f.done()]
-        if any(f.exception() is not None for f in done):
-            self.flush()
-        self._pending = [f for f in self._pending if not f.done()]
-
     def flush(self) -> None:
         """Wait for every write asked for so far; raise the first that failed (those behind it were dropped)."""
-        pending, self._pending = self._pending, []
-        errors = [e for e in (f.exception() for f in pending) if e is not None]  # in the order asked for
-        self._failed.clear()
-        if errors:
-            raise errors[0]
+        try:
+            if self._thread is not None:
+                self._thread.wait()
+        finally:
+            self._failed.clear()
 
     def close(self) -> None:
         """:meth:`flush`, then end the thread."""
+        thread, self._thread = self._thread, None
         try:
-            self.flush()
+            if thread is not None:
+                thread.close()
         finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
+            self._failed.clear()
 
 
 class FileWriteSkipped(OSError):

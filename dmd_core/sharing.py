@@ -91,46 +91,53 @@ def save_folder(model: DMD, folder: str | os.PathLike) -> Path:
 
 def plain_card(name: str) -> str:
     """The card of a folder written by ``save_pretrained``: metadata, the paper, how to load it."""
-    tags = "".join(f"\n- {t}" for t in LIBRARY_CARD["tags"])
-    return (f"---\nlibrary_name: {LIBRARY_CARD['library_name']}\nlicense: {LIBRARY_CARD['license']}\ntags:{tags}\n---\n\n"
-            f"# {name}\n\nA Decoupled Multimodal Distillation model (Li, Wang, Cui, CVPR 2023; [paper]({PAPER_URL})), "
+    from huggingface_hub import ModelCardData
+
+    return (f"---\n{ModelCardData(**LIBRARY_CARD).to_yaml()}\n---\n\n# {name}\n\nA Decoupled Multimodal Distillation model (Li, Wang, Cui, CVPR 2023; [paper]({PAPER_URL})), "
             "saved with `dmd_core`.\n\n```python\nfrom dmd_core import DMD\n\n"
             f"model = DMD.from_pretrained(\"{name}\")\n```\n")  # fmt: skip
 
 
 def from_folder_or_hub(cls: type[DMD], source: str | os.PathLike, map_location: str = "cpu", strict: bool = True,
                        **hub_kwargs: Any) -> DMD:  # fmt: skip
-    """What ``DMD.from_pretrained`` does: find ``config.json`` (folder, cache or hub), then :func:`load_pretrained`."""
+    """What ``DMD.from_pretrained`` does: find ``config.json`` and the weights (folder, cache or hub), build the
+    DMD the config describes, check and load its weights."""
     model_id = str(source)
     check_source(model_id, hub_kwargs.get("local_files_only", False))
-    if os.path.isdir(model_id):
-        file = Path(model_id) / CONFIG
-        config_file = str(file) if file.is_file() else None
-    else:
-        from huggingface_hub import hf_hub_download
+    config_file, weights = _folder_files(model_id) if os.path.isdir(model_id) else _hub_files(model_id, hub_kwargs)
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{config_file}: not a JSON config ({err})") from None
+    model = cls(config_from_saved(config, model_id))
+    return load_weights(model, weights, strict=strict).to(map_location).eval()
 
-        config_file = hf_hub_download(repo_id=model_id, filename=CONFIG, **hub_kwargs)
-    config = None
-    if config_file is not None:
-        try:
-            config = json.loads(Path(config_file).read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"{config_file}: not a JSON config ({err})") from None
-    return load_pretrained(cls, model_id, config, map_location=map_location, strict=strict, **hub_kwargs)
+
+def _folder_files(folder: str) -> tuple[Path, Path]:
+    config, weights = Path(folder) / CONFIG, Path(folder) / WEIGHTS
+    if not config.is_file():
+        raise FileNotFoundError(f"{folder}: no {CONFIG} (a DMD folder holds {CONFIG} and {WEIGHTS}, written by "
+                                "DMD.save_pretrained or dmd export)")  # fmt: skip
+    if not weights.is_file():
+        raise FileNotFoundError(f"{folder}: no {WEIGHTS} beside {CONFIG}")
+    return config, weights
+
+
+def _hub_files(model_id: str, hub_kwargs: dict[str, Any]) -> tuple[Path, Path]:
+    from huggingface_hub import hf_hub_download
+
+    config, weights = (Path(hf_hub_download(repo_id=model_id, filename=f, **hub_kwargs)) for f in (CONFIG, WEIGHTS))
+    return config, weights
 
 
 def push_model(model: DMD, repo_id: str, commit_message: str, private: bool | None = None, token: str | None = None,
                branch: str | None = None, create_pr: bool | None = None) -> str:  # fmt: skip
-    """What ``DMD.push_to_hub`` does: save to a temporary folder, upload it in one commit; fails at once offline."""
-    require_hub(f"push to {repo_id!r}")
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    repo = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    """What ``DMD.push_to_hub`` does: save to a temporary folder, upload it in one commit (:func:`push_folder`)."""
+    require_hub(f"push to {repo_id!r}")  # before anything is written
     with tempfile.TemporaryDirectory(prefix="dmd-push-") as tmp:
-        folder = save_folder(model, Path(tmp) / repo.split("/")[-1])
-        return str(api.upload_folder(repo_id=repo, folder_path=str(folder), repo_type="model",
-                                     commit_message=commit_message, revision=branch, create_pr=create_pr))  # fmt: skip
+        folder = save_folder(model, Path(tmp) / repo_id.split("/")[-1])
+        return push_folder(folder, repo_id, private=private, token=token, commit_message=commit_message,
+                           branch=branch, create_pr=create_pr)  # fmt: skip
 
 
 def write_config(model: DMD, folder: str | os.PathLike) -> Path:
@@ -196,24 +203,6 @@ def check_source(name: str | os.PathLike, local_files_only: bool = False) -> Non
             f"reached ({reason}). Pass a folder written by DMD.save_pretrained or dmd export instead (e.g. "
             f"downloaded on a machine with network: hf download {name} --local-dir DIR)."
         )
-
-
-def load_pretrained(cls: type[DMD], model_id: str, config: Any, map_location: str = "cpu", strict: bool = True,
-                    **hub_kwargs: Any) -> DMD:  # fmt: skip
-    """Build the DMD that ``config`` (the parsed ``config.json``) describes, check and load its weights."""
-    if config is None:
-        raise FileNotFoundError(f"{model_id}: no {CONFIG} (a DMD folder holds {CONFIG} and {WEIGHTS}, written by "
-                                "DMD.save_pretrained or dmd export)")  # fmt: skip
-    model = cls(config_from_saved(config, model_id))
-    if os.path.isdir(model_id):
-        file = Path(model_id) / WEIGHTS
-        if not file.is_file():
-            raise FileNotFoundError(f"{model_id}: no {WEIGHTS} beside {CONFIG}")
-    else:
-        from huggingface_hub import hf_hub_download
-
-        file = hf_hub_download(repo_id=model_id, filename=WEIGHTS, **hub_kwargs)
-    return load_weights(model, file, strict=strict).to(map_location).eval()
 
 
 # ---- runs: choosing the weights, loading any source -------------------------------------------------------------
@@ -407,15 +396,17 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike, seed: int | N
     return out
 
 
-def push_folder(folder: str | os.PathLike, repo_id: str, private: bool | None = None, token: str | None = None) -> str:
-    """Upload an exported folder (card and ``training.json`` included) to the hub; fails at once offline."""
+def push_folder(folder: str | os.PathLike, repo_id: str, private: bool | None = None, token: str | None = None,
+                commit_message: str = "dmd export", branch: str | None = None, create_pr: bool | None = None) -> str:  # fmt: skip
+    """Upload a model folder (an export's card and ``training.json`` included) to the hub repository ``repo_id``
+    (created if needed), in one commit; fails at once offline."""
     require_hub(f"push to {repo_id!r}")
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
     repo = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     return str(api.upload_folder(repo_id=repo, folder_path=str(folder), repo_type="model",
-                                 commit_message="dmd export"))  # fmt: skip
+                                 commit_message=commit_message, revision=branch, create_pr=create_pr))  # fmt: skip
 
 
 def require_hub(what: str) -> None:

@@ -9,7 +9,8 @@ import torch
 
 from dmd_core.optim import Adam, ReduceLROnPlateau
 
-TINY = dict(seq_lens=(12, 10, 9), feature_dims=(16, 6, 4), d=8, heads=2, nlevels=1, kernel_sizes=(3, 2, 1))
+from .conftest import tiny_config
+
 SHAPES = [(7, 5), (5,), (3, 4, 2), (1,), (64, 33)]
 
 
@@ -189,7 +190,7 @@ def test_a_training_run_never_imports_torch_dynamo():
         "from dmd_core.bench import random_dataset\n"
         "from dmd_core.config import DMDConfig, TrainConfig\n"
         "from dmd_core.trainer import train\n"
-        f"cfg = DMDConfig(**{TINY!r})\n"
+        f"cfg = DMDConfig.from_dict({tiny_config().to_dict()!r})\n"
         "with tempfile.TemporaryDirectory() as out:\n"
         "    tc = TrainConfig(batch_size=4, accumulation=2, max_epochs=2)\n"
         "    train(cfg, random_dataset(cfg, 16, 8), tc, out, seed=1, device='cpu', progress=False)\n"
