@@ -26,7 +26,7 @@ from pathlib import Path
 from dmd_core.bench import append_rows
 
 ROOT = Path(__file__).resolve().parents[1]
-DMD = [sys.executable, "-c", "import sys; from dmd_core.cli import run; sys.argv[0] = 'dmd'; run()"]
+DMD = [sys.executable, "-m", "dmd_core.cli"]  # `dmd` in this interpreter
 MODES = {"one process, default threads": ({}, 1), "one process, 1 thread": ({"OMP_NUM_THREADS": "1"}, 1),
          "--workers 2 (1 thread each)": ({}, 2)}  # fmt: skip
 

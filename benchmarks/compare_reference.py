@@ -53,8 +53,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 RUNNER = Path(__file__).resolve().parent / "reference_runner.py"
 SIDES = ("reference", "ours")
 SEED = 1111
-# Runs `dmd` in the interpreter running this script (the console script may be missing from PATH).
-DMD_CLI = "import sys; from dmd_core.cli import run; sys.argv[0] = 'dmd'; run()"
+# `dmd` in the interpreter running this script (the console script may be missing from PATH).
+DMD = [sys.executable, "-m", "dmd_core.cli"]
 
 
 @dataclass(frozen=True)
@@ -175,7 +175,7 @@ def write_synth(setting: Setting, n_train: int, n_eval: int, path: Path, env: di
     """The setting's synthetic MOSI file (seed 0); returns the ``dmd synth`` arguments used."""
     args = ["synth", "--dataset", "mosi", "--aligned" if setting.aligned else "--unaligned",
             "--sizes", str(n_train), str(n_eval), str(n_eval), "--seed", "0", "--out", str(path)]  # fmt: skip
-    cmd = [sys.executable, "-c", DMD_CLI, *args]
+    cmd = [*DMD, *args]
     done = subprocess.run(cmd, env=env, cwd=path.parent, capture_output=True, text=True)
     if done.returncode != 0:
         raise failure(cmd, done.returncode, done.stderr)
@@ -253,7 +253,7 @@ def compare_setting(setting: Setting, ref: Path, n_train: int, n_eval: int, repe
             loop = whole["report"]
         else:
             out = tmp / f"run-{setting.name}-{i}"
-            whole = measure([sys.executable, "-c", DMD_CLI, "train", "--data", str(data), "--max-epochs", "1",
+            whole = measure([*DMD, "train", "--data", str(data), "--max-epochs", "1",
                              "--seeds", str(SEED), "--bert", str(bert) if bert is not None else "none",
                              "--out", str(out), "--device", "cpu", "--no-progress"], env, tmp)  # fmt: skip
             loop = measure(loop_cmd, env, tmp)["report"]

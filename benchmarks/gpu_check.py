@@ -73,7 +73,7 @@ BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_at
                  intermediate_size=3072, max_position_embeddings=512)  # fmt: skip
 BERT_TINY = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                  intermediate_size=64, max_position_embeddings=512)  # fmt: skip
-DMD_CLI = "from dmd_core.cli import run; run()"  # `dmd` without relying on PATH
+DMD_MODULE = ["-m", "dmd_core.cli"]  # `dmd` in a given interpreter, without relying on PATH
 SAVE_BERT = (
     "import json, sys; from transformers import BertConfig, BertModel; "
     "BertModel(BertConfig(**json.loads(sys.argv[1]))).save_pretrained(sys.argv[2])"
@@ -211,8 +211,10 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 def _shown(cmd: list[str]) -> str:
     """A command as the report shows it: ``python`` for the interpreter, names for the inline programs."""
+    if cmd[1:3] == DMD_MODULE:
+        return shlex.join(["dmd", *cmd[3:]])
     if cmd[1:2] == ["-c"]:
-        names = {DMD_CLI: "dmd", SAVE_BERT: "python -c <save a random BERT>", MACHINE_INFO: "python -c <machine info>"}
+        names = {SAVE_BERT: "python -c <save a random BERT>", MACHINE_INFO: "python -c <machine info>"}
         return " ".join([names.get(cmd[2], "python -c <code>"), *map(shlex.quote, cmd[3:])])
     return shlex.join(["python" if Path(cmd[0]).name.startswith("python") else cmd[0], *cmd[1:]])
 
@@ -321,7 +323,7 @@ def stage_bench(c: Check, timeout_s: float) -> dict[str, Any]:
         folder = _fresh(c.work / "bench" / row.label)
         step = c.runner.run(
             f"bench-{row.label}",
-            [c.py, "-c", DMD_CLI, "bench", "--device", c.device, *row.args(), *size, "--out", str(folder)],
+            [c.py, *DMD_MODULE, "bench", "--device", c.device, *row.args(), *size, "--out", str(folder)],
             left * weights[0] / sum(weights),
         )
         found = sorted(folder.glob("*.json"))
@@ -360,14 +362,14 @@ def stage_full_run(c: Check, timeout_s: float) -> dict[str, Any]:
     folder = _fresh(c.work / "full-run")
     data, bert, runs = folder / "mosi_aligned_50.pkl", folder / "bert", folder / "run"
     sizes = ["--sizes", "32", "16", "16"] if c.dry_run else []  # else the official split sizes
-    steps = [c.runner.run("synth", [c.py, "-c", DMD_CLI, "synth", "--dataset", "mosi", "--aligned", *sizes,
+    steps = [c.runner.run("synth", [c.py, *DMD_MODULE, "synth", "--dataset", "mosi", "--aligned", *sizes,
                                     "--out", str(data)], deadline - time.monotonic())]  # fmt: skip
     bert_config = BERT_TINY if c.dry_run else BERT_BASE
     steps.append(c.runner.run("random-bert", [c.py, "-c", SAVE_BERT, json.dumps(bert_config), str(bert)],
                               deadline - time.monotonic()))  # fmt: skip
     max_epochs = 1 if c.dry_run else MAX_EPOCHS
     if all(s["status"] == "passed" for s in steps):
-        steps.append(c.runner.run("train", [c.py, "-c", DMD_CLI, "train", "--data", str(data), "--bert", str(bert),
+        steps.append(c.runner.run("train", [c.py, *DMD_MODULE, "train", "--data", str(data), "--bert", str(bert),
                                             "--dataset", "mosi", "--aligned", "--seeds", str(SEED), "--max-epochs",
                                             str(max_epochs), "--device", c.device, "--out", str(runs),
                                             "--no-progress"], deadline - time.monotonic()))  # fmt: skip
