@@ -1,7 +1,8 @@
 """The public reference DMD and this package side by side: one machine, one run, same data, as ratios.
 
-For each setting (MOSI aligned with stored text features; MOSI unaligned, audio 375 and vision
-500 frames; MOSI aligned with a randomly initialised 2-layer x 768 BERT) one synthetic MMSA file
+For each setting (aligned with stored text features; unaligned, the dataset's full audio and
+vision lengths; aligned with a randomly initialised 2-layer x 768 BERT) one synthetic MMSA file of
+``--dataset`` (MOSI by default, or MOSEI: its shapes, and both sides take its official recipe)
 is written with ``dmd synth`` and both sides train on that same file, CPU only, with OMP/MKL and
 torch threads set to ``--threads``, in fresh processes, alternating reference, ours, reference,
 ours, ... ``--repeats`` times (a shared machine's speed drifts within minutes, so only
@@ -26,8 +27,8 @@ reference and ours run next to each other) and reported as the median and min-ma
 Results: a dated section of ``benchmarks/results/reference.md`` and
 ``benchmarks/results/reference-<time>.json`` (machine, versions, both commits, every run).
 
-Run: ``python benchmarks/compare_reference.py --reference DIR [--settings aligned,unaligned,bert]
-[--repeats 3] [--threads 2] [--train-samples N] [--quick] [--results DIR]`` where DIR is a
+Run: ``python benchmarks/compare_reference.py --reference DIR [--dataset mosi|mosei]
+[--settings aligned,unaligned,bert] [--repeats 3] [--threads 2] [--train-samples N] [--quick] [--results DIR]`` where DIR is a
 checkout of https://github.com/mdswyz/DMD (needs ``easydict``). ``--quick``: 32 samples, one
 repeat, for smoke tests.
 """
@@ -71,9 +72,11 @@ class Setting:
 SETTINGS = {
     s.name: s
     for s in (
-        Setting("aligned", True, False, 640, "MOSI aligned, stored text features"),
-        Setting("unaligned", False, False, 64, "MOSI unaligned (A 375, V 500), stored text features"),
-        Setting("bert", True, True, 640, "MOSI aligned, BERT 2 layers x 768 (random weights)"),
+        Setting("aligned", True, False, 640, "aligned, stored text features"),
+        Setting(
+            "unaligned", False, False, 64, "unaligned (V 500 frames, A 375 MOSI or 500 MOSEI), stored text features"
+        ),
+        Setting("bert", True, True, 640, "aligned, BERT 2 layers x 768 (random weights)"),
     )
 }
 QUICK_TRAIN_SAMPLES = 32
@@ -171,9 +174,10 @@ def failure(cmd: list[str], code: int, stderr: str) -> RuntimeError:
     return RuntimeError(f"{lines[-1]}\n{shlex.join(cmd)} exited with {code}:\n" + "\n".join(lines[-15:]))
 
 
-def write_synth(setting: Setting, n_train: int, n_eval: int, path: Path, env: dict[str, str]) -> list[str]:
-    """The setting's synthetic MOSI file (seed 0); returns the ``dmd synth`` arguments used."""
-    args = ["synth", "--dataset", "mosi", "--aligned" if setting.aligned else "--unaligned",
+def write_synth(setting: Setting, dataset: str, n_train: int, n_eval: int, path: Path,
+                env: dict[str, str]) -> list[str]:  # fmt: skip
+    """The setting's synthetic file of ``dataset`` (seed 0); returns the ``dmd synth`` arguments used."""
+    args = ["synth", "--dataset", dataset, "--aligned" if setting.aligned else "--unaligned",
             "--sizes", str(n_train), str(n_eval), str(n_eval), "--seed", "0", "--out", str(path)]  # fmt: skip
     cmd = [*DMD, *args]
     done = subprocess.run(cmd, env=env, cwd=path.parent, capture_output=True, text=True)
@@ -229,12 +233,12 @@ def our_commit() -> str:
     return (head or "unknown") + ("+dirty" if dirty else "")
 
 
-def compare_setting(setting: Setting, ref: Path, n_train: int, n_eval: int, repeats: int, threads: int,
-                    tmp: Path) -> dict[str, Any]:  # fmt: skip
+def compare_setting(setting: Setting, dataset: str, ref: Path, n_train: int, n_eval: int, repeats: int,
+                    threads: int, tmp: Path) -> dict[str, Any]:  # fmt: skip
     """Write the setting's file, run both sides alternately ``repeats`` times; the runs and the ratios."""
     env = child_env(threads)
     data = tmp / f"{setting.name}.pkl"
-    synth_args = write_synth(setting, n_train, n_eval, data, env)
+    synth_args = write_synth(setting, dataset, n_train, n_eval, data, env)
     bert = None
     if setting.bert:
         bert = tmp / "bert-2x768"
@@ -242,7 +246,8 @@ def compare_setting(setting: Setting, ref: Path, n_train: int, n_eval: int, repe
             save_random_bert(bert)
     common = ["--data", str(data), "--epochs", "1", "--threads", str(threads), "--seed", str(SEED)]
     text = ["--bert", str(bert)] if bert is not None else []
-    reference_cmd = [sys.executable, str(RUNNER), "reference", "--reference", str(ref), *common, *text,
+    reference_cmd = [sys.executable, str(RUNNER), "reference", "--reference", str(ref), "--dataset", dataset,
+                     *common, *text,
                      *([] if setting.aligned else ["--unaligned"])]  # fmt: skip
     loop_cmd = [sys.executable, str(RUNNER), "ours", *common, *text]
     values: dict[str, dict[str, list[float]]] = {side: {key: [] for key in METRICS} for side in SIDES}
@@ -268,7 +273,7 @@ def compare_setting(setting: Setting, ref: Path, n_train: int, n_eval: int, repe
               f"whole process {whole['wall_s']:7.1f} s, {whole['peak_rss_mb']:7.0f} MB", flush=True)  # fmt: skip
     metrics = {key: summarize(values["reference"][key], values["ours"][key], higher)
                for key, (_, higher) in METRICS.items()}  # fmt: skip
-    return {"label": setting.label, "train_samples": n_train, "eval_samples": n_eval,
+    return {"label": f"{dataset.upper()} {setting.label}", "train_samples": n_train, "eval_samples": n_eval,
             "data": "dmd " + shlex.join(synth_args[:-2]), "bert": "2 layers x 768, random" if setting.bert else None,
             "metrics": metrics, "runs": runs}  # fmt: skip
 
@@ -287,6 +292,7 @@ def write_results(result: dict[str, Any], folder: Path) -> tuple[Path, Path]:
     ref_id = ref["commit"][:12] if ref["commit"] else f"files sha256 {ref['files_sha256']}"
     lines = [
         f"\n## {m['date']}: ours {result['ours']['commit']} vs reference {ref_id}\n\n",
+        f"{result['dataset'].upper()} file shapes and recipe; "
         f"{m['cpu']}, {m['cpus']} cores, {result['threads']} threads; python {m['python']}, torch {m['torch']}, "
         f"transformers {m['transformers']}; {result['repeats']} repeat(s), alternating reference, ours. "
         f"Ours: whole process `dmd train --max-epochs 1`, train loop timed by `reference_runner.py ours` "
@@ -316,6 +322,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reference", type=Path, required=True, help="checkout of https://github.com/mdswyz/DMD")
+    parser.add_argument("--dataset", default="mosi", choices=["mosi", "mosei"],
+                        help="whose file shapes and official recipe (both sides)")  # fmt: skip
     parser.add_argument("--settings", default="aligned,unaligned,bert", help="comma-separated: aligned,unaligned,bert")
     parser.add_argument("--repeats", type=int, default=None, help="alternations reference, ours (default 3)")
     parser.add_argument("--threads", type=int, default=2, help="OMP/MKL and torch threads on both sides")
@@ -342,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
     result: dict[str, Any] = {
         "command": shlex.join(["python", "benchmarks/compare_reference.py", *argv]),
         "stamp": time.strftime("%Y%m%d-%H%M%S"), "machine": machine_info(torch.device("cpu")),
-        "threads": args.threads, "repeats": repeats,
+        "dataset": args.dataset, "threads": args.threads, "repeats": repeats,
         "order": "reference, ours (dmd train, then the train-loop runner), reference, ours, ...",
         "ours": {"commit": our_commit(),
                  "whole_process": "dmd train --data FILE --max-epochs 1 --seeds 1111 --bert none|DIR --out TMP",
@@ -357,10 +365,11 @@ def main(argv: list[str] | None = None) -> None:
         for setting in settings:
             n_train = args.train_samples or (QUICK_TRAIN_SAMPLES if args.quick else setting.train_samples)
             n_eval = args.eval_samples or max(16, n_train // 10)
-            print(f"{setting.name}: {setting.label}, {n_train} train samples, {repeats} repeat(s)", flush=True)
+            print(f"{setting.name}: {args.dataset.upper()} {setting.label}, {n_train} train samples, "
+                  f"{repeats} repeat(s)", flush=True)  # fmt: skip
             try:
-                result["settings"][setting.name] = compare_setting(setting, ref, n_train, n_eval, repeats,
-                                                                   args.threads, Path(tmp))  # fmt: skip
+                result["settings"][setting.name] = compare_setting(setting, args.dataset, ref, n_train, n_eval,
+                                                                   repeats, args.threads, Path(tmp))  # fmt: skip
             except RuntimeError as e:
                 print(f"  {setting.name} failed: {e}", file=sys.stderr, flush=True)
                 result["settings"][setting.name] = {"train_samples": n_train, "error": str(e)}
