@@ -1,13 +1,14 @@
-"""CPU attention: the compiled kernel and the PyTorch tiling of ``dmd_core.cpu_kernels`` against SDPA.
+"""CPU attention: the compiled kernel and the PyTorch tiling of ``dmd_core.kernels`` against SDPA.
 
 The attention maps of one official MOSI training step (batch 16, heads 10, head size 5, or 10 in
-the memory Transformers), each with the reference's mask and its dropout rate: forward +
+the memory Transformers) and MOSEI's aligned map (heads 6, head size 5), each with the reference's
+mask and its dropout rate: forward +
 backward in training, forward alone in evaluation. The three implementations
 (``scaled_dot_product_attention``, ``tiled_attention`` with ``NATIVE = False``, and with the
 compiled kernel) run interleaved in one process, so a change of machine load hits all alike;
 prints the ratios and appends a row per map to benchmarks/results/attention.md (the earlier
 tiling-vs-SDPA rows are in attention-tiling-vs-sdpa.md).
-Run: ``python benchmarks/bench_attention.py [--threads 2] [--repeats 5]``.
+Run: ``python benchmarks/bench_attention.py [--threads 2] [--repeats 5] [--maps 46x46] [--results FILE]``.
 """
 
 from __future__ import annotations
@@ -20,23 +21,25 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dmd_core import cpu_kernels, native
+from dmd_core import kernels
 from dmd_core.bench import append_rows, machine_info
+from dmd_core.kernels import native
+from dmd_core.kernels.definition import future_mask
 from dmd_core.kernels.tiled import tiled_attention
-from dmd_core.transformer import future_mask
 
 RESULTS = Path(__file__).resolve().parent / "results" / "attention.md"
 
-# (name, Lq, Lk, dropout, head size): unaligned MOSI after the temporal convolutions (L 46, V 496, A 371),
-# and the aligned maps (46 x 46).
+# (name, Lq, Lk, dropout, heads, head size): unaligned MOSI after the temporal convolutions (L 46, V 496,
+# A 371), the aligned maps (46 x 46), and MOSEI aligned (width 30, 6 heads; its text map is 46 x 46).
 MAPS = [
-    ("aligned self/cross 46x46", 46, 46, 0.3, 5),
-    ("shared V 496x496", 496, 496, 0.0, 5),
-    ("shared A 371x371", 371, 371, 0.2, 5),
-    ("cross V<-A 496x371", 496, 371, 0.2, 5),
-    ("cross A<-V 371x496", 371, 496, 0.0, 5),
-    ("cross L<-V 46x496", 46, 496, 0.0, 5),
-    ("memory V 496x496", 496, 496, 0.3, 10),
+    ("aligned self/cross 46x46", 46, 46, 0.3, 10, 5),
+    ("MOSEI aligned 46x46", 46, 46, 0.4, 6, 5),
+    ("shared V 496x496", 496, 496, 0.0, 10, 5),
+    ("shared A 371x371", 371, 371, 0.2, 10, 5),
+    ("cross V<-A 496x371", 496, 371, 0.2, 10, 5),
+    ("cross A<-V 371x496", 371, 496, 0.0, 10, 5),
+    ("cross L<-V 46x496", 46, 496, 0.0, 10, 5),
+    ("memory V 496x496", 496, 496, 0.3, 10, 10),
 ]
 
 
@@ -47,20 +50,19 @@ def sdpa(q, k, v, p):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=future_mask(lq, lk, q.device), dropout_p=p)
 
 
-def cpu_kernel(use_native: bool):
+def cpu_kernel(backend: kernels.Backend):
+    """``tiled_attention`` under ``backend``: "tiled" (the PyTorch tiling) or "auto" (the compiled kernel)."""
+
     def attend(q, k, v, p):
         n, h, lq, dh = q.shape
         flat = [t.reshape(n * h, t.shape[2], dh) for t in (q, k, v)]
-        cpu_kernels.NATIVE = use_native
-        try:
+        with kernels.use(backend):
             return tiled_attention(*flat, abs(k.shape[2] - lq), p).reshape(n, h, lq, dh)
-        finally:
-            cpu_kernels.NATIVE = True
 
     return attend
 
 
-tiling, fused = cpu_kernel(False), cpu_kernel(True)
+tiling, fused = cpu_kernel("tiled"), cpu_kernel("auto")
 
 
 def seconds(fn, q, k, v, p, grad, train: bool, calls: int = 2) -> float:
@@ -80,6 +82,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5, help="timed blocks per implementation (median)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--maps", default="", help="only the maps whose name contains this text (e.g. 46x46)")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="markdown file the rows are appended to")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -87,8 +91,7 @@ def main() -> None:
         raise SystemExit("the native kernel did not build on this machine: nothing to compare")
     m = machine_info(torch.device("cpu"))
     rows = []
-    for name, lq, lk, p, dh in MAPS:
-        heads = 50 // dh if dh == 5 else 10
+    for name, lq, lk, p, heads, dh in [m for m in MAPS if args.maps in m[0]]:
         g = torch.Generator().manual_seed(0)
         q, k, v = (torch.randn(args.batch, heads, n, dh, generator=g, requires_grad=True) for n in (lq, lk, lk))
         grad = torch.randn(args.batch, heads, lq, dh, generator=g)
@@ -108,7 +111,7 @@ def main() -> None:
         print(f"{name} (dropout {p}): train sdpa {sd:.1f} ms, tiling {ti:.1f} ms, native {na:.1f} ms "
               f"({sd / na:.1f}x sdpa, {ti / na:.1f}x tiling); eval {esd:.1f} / {eti:.1f} / {ena:.1f} ms")  # fmt: skip
     append_rows(
-        RESULTS,
+        args.results,
         "# CPU attention: compiled kernel vs PyTorch tiling vs scaled_dot_product_attention (batch 16, one map, ms)\n\n"
         "| date | commit | map | dropout | threads | train SDPA | train tiling | train native | native vs SDPA "
         "| native vs tiling | eval SDPA | eval tiling | eval native | native vs SDPA | native vs tiling | cpu |\n"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -155,3 +158,28 @@ def test_bench_on_cuda_1_initialises_cuda_before_asking_for_device_1(monkeypatch
     with pytest.raises(_Reached):
         bench.run_benchmark(bench.BenchSetting(device="cuda:1", **TINY))
     assert state["current"] == torch.device("cuda", 1)
+
+
+BENCHMARK_SCRIPTS = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py"))
+
+
+@pytest.mark.parametrize("script", BENCHMARK_SCRIPTS, ids=lambda p: p.name)
+def test_every_benchmark_script_starts(script):
+    """Each script imports what it needs from the package as laid out now (``--help`` runs its imports)."""
+    done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "usage" in done.stdout, done.stderr[-2000:]
+
+
+def test_the_attention_benchmark_times_one_map_and_appends_a_row(tmp_path):
+    from dmd_core.kernels import native
+
+    if native.library() is None:
+        pytest.skip("the compiled kernel does not build here: the benchmark has nothing to compare")
+    results = tmp_path / "attention.md"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_attention.py"
+    done = subprocess.run([sys.executable, str(script), "--threads", "1", "--repeats", "1", "--maps", "MOSEI",
+                           "--results", str(results)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "MOSEI aligned 46x46 (dropout 0.4): train sdpa" in done.stdout
+    rows = [line for line in results.read_text().splitlines() if line.startswith("| 20")]
+    assert len(rows) == 1 and "| MOSEI aligned 46x46 | 0.4 | 1 |" in rows[0]
