@@ -2,12 +2,12 @@
 
 The attention maps of one official MOSI training step (batch 16, heads 10, head size 5, or 10 in
 the memory Transformers) and MOSEI's aligned map (heads 6, head size 5), each with the reference's
-mask and its dropout rate: forward +
-backward in training, forward alone in evaluation. The three implementations
-(``scaled_dot_product_attention``, ``tiled_attention`` with ``NATIVE = False``, and with the
-compiled kernel) run interleaved in one process, so a change of machine load hits all alike;
-prints the ratios and appends a row per map to benchmarks/results/attention.md (the earlier
-tiling-vs-SDPA rows are in attention-tiling-vs-sdpa.md).
+mask and its dropout rate: forward + backward in training, forward alone in evaluation. The three
+implementations (``scaled_dot_product_attention``, ``tiled_attention`` under
+``kernels.use("tiled")``, and under ``"auto"``: the compiled kernel) run interleaved in one
+process, so a change of machine load hits all alike; prints the ratios and appends a row per map
+to benchmarks/results/attention.md (the earlier tiling-vs-SDPA rows are in
+attention-tiling-vs-sdpa.md).
 Run: ``python benchmarks/bench_attention.py [--threads 2] [--repeats 5] [--maps 46x46] [--results FILE]``.
 """
 

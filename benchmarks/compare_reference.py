@@ -28,8 +28,8 @@ Results: a dated section of ``benchmarks/results/reference.md`` and
 ``benchmarks/results/reference-<time>.json`` (machine, versions, both commits, every run).
 
 Run: ``python benchmarks/compare_reference.py --reference DIR [--dataset mosi|mosei]
-[--settings aligned,unaligned,bert] [--repeats 3] [--threads 2] [--train-samples N] [--quick] [--results DIR]`` where DIR is a
-checkout of https://github.com/mdswyz/DMD (needs ``easydict``). ``--quick``: 32 samples, one
+[--settings aligned,unaligned,bert] [--repeats 3] [--threads 2] [--train-samples N] [--quick]
+[--results DIR]`` where DIR is a checkout of https://github.com/mdswyz/DMD (needs ``easydict``). ``--quick``: 32 samples, one
 repeat, for smoke tests.
 """
 

@@ -103,6 +103,18 @@ class ListLoader:
         return len(self.batches)
 
 
+@pytest.mark.parametrize("dataset,dims", [("mosi", (768, 20, 5)), ("mosei", (768, 35, 74))])
+def test_the_setting_file_has_the_chosen_datasets_shapes(tmp_path, dataset, dims):
+    import dmd_core
+
+    path = tmp_path / f"{dataset}.pkl"
+    args = compare.write_synth(compare.SETTINGS["unaligned"], dataset, 4, 2, path, compare.child_env(1))
+    assert args[:3] == ["synth", "--dataset", dataset] and "--unaligned" in args
+    ds = dmd_core.load_mmsa(path, text="features")
+    assert ds.dataset_name == dataset and not ds.aligned and tuple(ds.feature_dims) == dims
+    assert ds.suggest_config().heads == (6 if dataset == "mosei" else 10)
+
+
 def test_epoch_clock_times_each_pass_and_ends_the_reference_loop_after_the_limit():
     loader = ListLoader([[0, 1], [2, 3], [4, 5]])
     args = SimpleNamespace(early_stop=10)
