@@ -91,7 +91,7 @@ def main() -> None:
         raise SystemExit("the native kernel did not build on this machine: nothing to compare")
     m = machine_info(torch.device("cpu"))
     rows = []
-    for name, lq, lk, p, heads, dh in [m for m in MAPS if args.maps in m[0]]:
+    for name, lq, lk, p, heads, dh in [spec for spec in MAPS if args.maps in spec[0]]:
         g = torch.Generator().manual_seed(0)
         q, k, v = (torch.randn(args.batch, heads, n, dh, generator=g, requires_grad=True) for n in (lq, lk, lk))
         grad = torch.randn(args.batch, heads, lq, dh, generator=g)

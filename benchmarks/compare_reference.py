@@ -29,8 +29,8 @@ Results: a dated section of ``benchmarks/results/reference.md`` and
 
 Run: ``python benchmarks/compare_reference.py --reference DIR [--dataset mosi|mosei]
 [--settings aligned,unaligned,bert] [--repeats 3] [--threads 2] [--train-samples N] [--quick]
-[--results DIR]`` where DIR is a checkout of https://github.com/mdswyz/DMD (needs ``easydict``). ``--quick``: 32 samples, one
-repeat, for smoke tests.
+[--results DIR]`` where DIR is a checkout of https://github.com/mdswyz/DMD (needs ``easydict``).
+``--quick``: 32 samples, one repeat, for smoke tests.
 """
 
 from __future__ import annotations
@@ -68,14 +68,21 @@ class Setting:
     train_samples: int  # default train split size (the issue's table)
     label: str
 
+    def title(self, dataset: str) -> str:
+        """``"MOSEI unaligned (V 500, A 500 frames), stored text features"``: the label for ``dataset``."""
+        from dmd_core.config import SEQ_LENS
+
+        _, vision, audio = SEQ_LENS[(dataset, self.aligned)]
+        frames = "" if self.aligned else f" (V {vision}, A {audio} frames)"
+        kind, _, rest = self.label.partition(",")
+        return f"{dataset.upper()} {kind}{frames},{rest}"
+
 
 SETTINGS = {
     s.name: s
     for s in (
         Setting("aligned", True, False, 640, "aligned, stored text features"),
-        Setting(
-            "unaligned", False, False, 64, "unaligned (V 500 frames, A 375 MOSI or 500 MOSEI), stored text features"
-        ),
+        Setting("unaligned", False, False, 64, "unaligned, stored text features"),
         Setting("bert", True, True, 640, "aligned, BERT 2 layers x 768 (random weights)"),
     )
 }
@@ -273,7 +280,7 @@ def compare_setting(setting: Setting, dataset: str, ref: Path, n_train: int, n_e
               f"whole process {whole['wall_s']:7.1f} s, {whole['peak_rss_mb']:7.0f} MB", flush=True)  # fmt: skip
     metrics = {key: summarize(values["reference"][key], values["ours"][key], higher)
                for key, (_, higher) in METRICS.items()}  # fmt: skip
-    return {"label": f"{dataset.upper()} {setting.label}", "train_samples": n_train, "eval_samples": n_eval,
+    return {"label": setting.title(dataset), "train_samples": n_train, "eval_samples": n_eval,
             "data": "dmd " + shlex.join(synth_args[:-2]), "bert": "2 layers x 768, random" if setting.bert else None,
             "metrics": metrics, "runs": runs}  # fmt: skip
 
@@ -365,8 +372,8 @@ def main(argv: list[str] | None = None) -> None:
         for setting in settings:
             n_train = args.train_samples or (QUICK_TRAIN_SAMPLES if args.quick else setting.train_samples)
             n_eval = args.eval_samples or max(16, n_train // 10)
-            print(f"{setting.name}: {args.dataset.upper()} {setting.label}, {n_train} train samples, "
-                  f"{repeats} repeat(s)", flush=True)  # fmt: skip
+            print(f"{setting.name}: {setting.title(args.dataset)}, {n_train} train samples, {repeats} repeat(s)",
+                  flush=True)  # fmt: skip
             try:
                 result["settings"][setting.name] = compare_setting(setting, args.dataset, ref, n_train, n_eval,
                                                                    repeats, args.threads, Path(tmp))  # fmt: skip
