@@ -185,8 +185,9 @@ class BackwardThread(JobThread):
     """The :class:`JobThread` that takes backward passes and clipping, one thread per operation.
 
     While the trainer runs the forward pass of mini-batch ``i + 1``, this thread runs the backward
-    pass of mini-batch ``i``: within an accumulation group the weights do not change, so the next
-    forward pass does not need the previous backward. Every operation runs single-threaded (the
+    pass of mini-batch ``i`` (with a :class:`Seam`, the part below it; the trainer's thread runs the
+    part above after its forward pass): within an accumulation group the weights do not change, so
+    the next forward pass does not need the previous backward. Every operation runs single-threaded (the
     two threads share two cores), in the same order as without overlap, and the random draws
     (dropout) all happen in the forward passes on the calling thread: the numbers are exactly those
     of a one-thread run (tested).
@@ -194,6 +195,37 @@ class BackwardThread(JobThread):
 
     def __init__(self) -> None:
         super().__init__("dmd-backward", torch.set_num_threads, (1,))
+
+
+class Seam:
+    """Where one mini-batch's backward pass is split in two, so that with overlap the calling thread has a share.
+
+    With one backward thread the backward pass (longer than the forward pass) set the pace and the calling thread
+    waited for it. ``DMD.forward(..., seam=seam)`` passes every tensor that crosses from the model's lower part to its
+    upper part (:meth:`dmd_core.model.DMD.parameters_above_seam`) and the losses through :meth:`cut`: the upper part
+    computes on a detached copy. ``loss.backward()`` then stops at the copies (the upper part's backward, run by the
+    calling thread), and :meth:`backward_below` (queued on the backward thread) carries on from the originals with the
+    copies' gradients. The numbers are those of one backward pass, bit for bit (tested): each crossing tensor's
+    gradient reaches the lower part as the same sum, and each parameter is on one side only.
+    """
+
+    def __init__(self) -> None:
+        self._crossings: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def cut(self, t: torch.Tensor) -> torch.Tensor:
+        """A detached copy of ``t`` (same memory) for the upper part, recorded with ``t``."""
+        if not t.requires_grad:
+            return t
+        above = t.detach().requires_grad_()
+        self._crossings.append((t, above))
+        return above
+
+    def backward_below(self) -> None:
+        """The lower part's backward pass, from the gradients the upper part left on the copies."""
+        crossings, self._crossings = self._crossings, []
+        reached = [(t, above.grad) for t, above in crossings if above.grad is not None]
+        if reached:
+            torch.autograd.backward([t for t, _ in reached], [g for _, g in reached])
 
 
 class GradientSteps:
@@ -211,8 +243,14 @@ class GradientSteps:
     """
 
     def __init__(self, params: list[torch.nn.Parameter], optimizer: Any, device: torch.device,
-                 precision: str, clip: float, overlap: bool = False) -> None:  # fmt: skip
+                 precision: str, clip: float, overlap: bool = False,
+                 above: list[torch.nn.Parameter] | None = None) -> None:  # fmt: skip
         self.params, self.optimizer, self.clip_value = params, optimizer, clip
+        # With overlap and ``above`` (the model's parameters above its seam): backward passes split at a Seam.
+        self.above = above if overlap else None
+        if self.above is not None:
+            ids = {id(p) for p in self.above}
+            self.below = [p for p in params if id(p) not in ids]
         self.scaler = grad_scaler(device, precision)
         self.found_inf = torch.zeros((), device=device)  # fp16: an overflow in this accumulation group
         self.overlap = overlap
@@ -248,30 +286,40 @@ class GradientSteps:
         if self.scaler.is_enabled():
             self.found_inf.zero_()
 
-    def backward(self, loss: torch.Tensor) -> None:
+    def seam(self) -> Seam | None:
+        """A fresh :class:`Seam` for the next forward pass where backward passes are split, else None."""
+        return Seam() if self._thread is not None and self.above is not None else None
+
+    def backward(self, loss: torch.Tensor, seam: Seam | None = None) -> None:
         """``loss.backward()``. Inside :meth:`epoch` with overlap: queued on the backward thread once the
-        previous mini-batch's backward and clip are done (so at most two autograd graphs are alive)."""
+        previous mini-batch's backward and clip are done (so at most two autograd graphs are alive); with a
+        ``seam`` from :meth:`seam`, the part above it runs here first and only the part below is queued."""
         scaled = self.scaler.scale(loss)  # fp32/bf16: the scaler is off and returns the loss itself
         if self._thread is None:
             scaled.backward()
             return
+        if seam is not None:
+            scaled.backward()  # stops at the seam's copies
         self._thread.wait()
-        self._thread.submit(scaled.backward)
+        self._thread.submit(scaled.backward if seam is None else seam.backward_below)
 
-    def clip(self) -> None:
+    def clip(self, seam: Seam | None = None) -> None:
         """Clip the running sum of gradients by value at ``clip`` (fp16: at ``clip * S``, see above);
-        with overlap, queued after the backward."""
+        with overlap, queued after the backward (with a ``seam``: the parameters above it are clipped here)."""
         if self._thread is None:
-            self._clip()
+            self._clip(self.params)
+        elif seam is None:
+            self._thread.submit(self._clip, self.params)
         else:
-            self._thread.submit(self._clip)
+            self._clip(self.above)
+            self._thread.submit(self._clip, self.below)
 
-    def _clip(self) -> None:
+    def _clip(self, params: list[torch.nn.Parameter]) -> None:
         if not self.scaler.is_enabled():
             if self.clip_value > 0:
-                torch.nn.utils.clip_grad_value_(self.params, self.clip_value)
+                torch.nn.utils.clip_grad_value_(params, self.clip_value)
             return
-        grads = [p.grad for p in self.params if p.grad is not None]
+        grads = [p.grad for p in params if p.grad is not None]
         # Record an overflow before clipping turns it into a finite value (inv_scale 1: the gradients stay).
         torch._amp_foreach_non_finite_check_and_unscale_(grads, self.found_inf, torch.ones_like(self.found_inf))
         if self.clip_value > 0:

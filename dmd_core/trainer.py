@@ -234,8 +234,9 @@ class Trainer:
         overlap = resolve_overlap(train_config.overlap, self.device, self.precision, self.dist.enabled,
                                   train_config.compile, model_config.aligned, model_config.use_bert,
                                   train_config.accumulation)  # fmt: skip
+        above = [p for p in self.model.parameters_above_seam() if p.requires_grad]
         self.gradients = GradientSteps(self.params, self.optimizer, self.device, self.precision, train_config.grad_clip,
-                                       overlap)  # fmt: skip
+                                       overlap, above)  # fmt: skip
         self.epoch = 0  # completed epochs
         self.steps = 0  # optimizer steps
         self.best_valid, self.best_epoch = math.inf, 0
@@ -341,11 +342,12 @@ class Trainer:
             for i, batch in enumerate(bar):
                 if i % acc == 0:
                     self.gradients.zero_grad()
+                seam = self.gradients.seam()  # with overlap: the backward pass is split there (devices.Seam)
                 with autocast(self.device, self.precision):
-                    out = self.forward(batch.text, batch.audio, batch.vision)
+                    out = self.forward(batch.text, batch.audio, batch.vision, seam=seam)
                     parts = total_loss(self.model, out, batch.labels)  # float32 whatever the precision
-                self.gradients.backward(parts.total)  # summed over the group: the loss is not divided by `acc`
-                self.gradients.clip()  # on the running sum, after every backward
+                self.gradients.backward(parts.total, seam)  # summed over the group: the loss is not divided by `acc`
+                self.gradients.clip(seam)  # on the running sum, after every backward
                 stats.add(i, parts, out)
                 if (i + 1) % acc == 0 or (i == n_batches - 1 and self.tcfg.leftover_step):
                     if check_each_step:

@@ -9,11 +9,14 @@ import torch
 
 from dmd_core.cli import build_parser
 from dmd_core.cli.train import _train_config_from_args
-from dmd_core.config import TrainConfig
-from dmd_core.devices import GradientSteps, resolve_overlap
+from dmd_core.config import BertSpec, TrainConfig
+from dmd_core.devices import GradientSteps, Seam, resolve_overlap
+from dmd_core.losses import total_loss
+from dmd_core.model import DMD
 from dmd_core.trainer import Trainer, train
 
-from .conftest import tiny_config
+from .conftest import tiny_config, tiny_inputs
+from .test_model import SMALL_BERT
 from .test_train import history_without_time, same_weights, tiny_dataset
 
 CPU = torch.device("cpu")
@@ -44,6 +47,50 @@ def test_overlapped_training_equals_one_thread_bit_for_bit(tmp_path, threads):
     assert len(train_columns) > 10 and a[train_columns].equals(b[train_columns])
 
 
+def _bert_text(cfg, batch):
+    ids = torch.randint(1, 50, (batch, cfg.seq_lens[0]), generator=torch.Generator().manual_seed(2))
+    return torch.stack([ids, torch.ones_like(ids), torch.zeros_like(ids)], 1).float()
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(),  # memory Transformers of 3 layers: the seam is above the first
+    dict(nlevels=4, attn_mask=False),  # 4 layers (the official depth), no future mask
+    dict(bert=BertSpec(name_or_path=None, config=SMALL_BERT)),  # BERT is below the seam
+], ids=["nlevels1", "nlevels4-nomask", "bert"])  # fmt: skip
+def test_the_seam_splits_one_backward_pass_in_two_without_changing_a_bit(overrides):
+    cfg = tiny_config(**overrides)
+    text, audio, vision, labels = tiny_inputs(cfg, batch=5)
+    if cfg.use_bert:
+        text = _bert_text(cfg, 5)
+    torch.manual_seed(0)
+    model = DMD(cfg).train()
+    named = dict(model.named_parameters())
+    above = {n for n, p in named.items() if any(p is q for q in model.parameters_above_seam())}
+    assert above and len(above) < len(named) / 2
+
+    def forward_backward(seam):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(1)  # the same dropout masks
+        loss = total_loss(model, model(text, audio, vision, seam=seam), labels).total
+        loss.backward()
+        return loss.detach(), {n: None if p.grad is None else p.grad.clone() for n, p in named.items()}
+
+    loss_one, grads_one = forward_backward(None)
+    seam = Seam()
+    loss_two, grads_above = forward_backward(seam)
+    # The loss's backward stops at the seam: exactly the parameters above it have gradients (the GD-Units'
+    # edge biases may get none: the softmax over edges cancels them, see test_model).
+    reached = {n for n, g in grads_above.items() if g is not None}
+    assert reached <= above and above - reached <= {"hetero_gd.W_edge.bias"}
+    seam.backward_below()
+    assert torch.equal(loss_one, loss_two)
+    for n, p in named.items():
+        assert (p.grad is None) == (grads_one[n] is None), n
+        assert p.grad is None or torch.equal(p.grad, grads_one[n]), f"{n} differs"
+    seam.backward_below()  # the crossings were consumed: a second call does nothing
+    assert all(p.grad is None or torch.equal(p.grad, grads_one[n]) for n, p in named.items())
+
+
 def test_backward_runs_on_the_other_thread_while_the_next_forward_runs(tmp_path, threads):
     torch.set_num_threads(2)
     cfg = tiny_config()
@@ -51,13 +98,19 @@ def test_backward_runs_on_the_other_thread_while_the_next_forward_runs(tmp_path,
                       tmp_path / "run", seed=1, progress=False, distributed=False)  # fmt: skip
     seen: dict[str, set] = {"forward": set(), "backward": set()}
     trainer.model.register_forward_hook(lambda *a: seen["forward"].add(threading.get_ident()))
-    first = trainer.params[0]
+    first = trainer.params[0]  # the text projection: below the seam
     first.register_hook(lambda g: seen["backward"].add(threading.get_ident()))
+    # The part above the seam (here the final head) runs its backward on the calling thread.
+    above = trainer.model.final_head.proj1.weight
+    assert any(above is p for p in trainer.gradients.above)
+    seen["above"] = set()
+    above.register_hook(lambda g: seen["above"].add(threading.get_ident()))
     threads_inside: list[int] = []
     trainer.model.register_forward_hook(lambda *a: threads_inside.append(torch.get_num_threads()))
     trainer.train_epoch()
     assert seen["forward"] == {threading.get_ident()}
     assert len(seen["backward"]) == 1 and seen["backward"] != seen["forward"]
+    assert seen["above"] == seen["forward"]
     assert set(threads_inside) == {1} and torch.get_num_threads() == 2
 
 
