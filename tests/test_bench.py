@@ -183,3 +183,15 @@ def test_the_attention_benchmark_times_one_map_and_appends_a_row(tmp_path):
     assert "MOSEI aligned 46x46 (dropout 0.4): train sdpa" in done.stdout
     rows = [line for line in results.read_text().splitlines() if line.startswith("| 20")]
     assert len(rows) == 1 and "| MOSEI aligned 46x46 | 0.4 | 1 |" in rows[0]
+
+
+def test_the_overlap_benchmark_runs_each_mode_and_appends_a_row(tmp_path):
+    """Three fresh processes (two threads per op, overlap without and with the seam); each reports which ran."""
+    results = tmp_path / "overlap.md"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_overlap.py"
+    done = subprocess.run([sys.executable, str(script), "--repeats", "1", "--epochs", "1", "--batches", "2",
+                           "--settings", "aligned", "--results", str(results)], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in results.read_text().splitlines() if line.startswith("| aligned |")]
+    assert len(rows) == 1 and rows[0].count("x (") == 2
