@@ -187,8 +187,8 @@ class BackwardThread(JobThread):
     While the trainer runs the forward pass of mini-batch ``i + 1``, this thread runs the backward
     pass of mini-batch ``i`` (with a :class:`Seam`, the part below it; the trainer's thread runs the
     part above after its forward pass): within an accumulation group the weights do not change, so
-    the next forward pass does not need the previous backward. Every operation runs single-threaded (the
-    two threads share two cores), in the same order as without overlap, and the random draws
+    the next forward pass does not need the previous backward. Every operation runs single-threaded
+    (the two threads share two cores), in the same order as without overlap, and the random draws
     (dropout) all happen in the forward passes on the calling thread: the numbers are exactly those
     of a one-thread run (tested).
     """
