@@ -38,6 +38,12 @@ def tiny_inputs(cfg: DMDConfig, batch: int = 4, seed: int = 0):
     return text, audio, vision, labels
 
 
+def tiny_bert_text(cfg: DMDConfig, batch: int, vocab: int = 50, seed: int = 2) -> torch.Tensor:
+    """``(batch, 3, L_t)`` BERT input as the model takes it (float): token ids, attention mask 1, segments 0."""
+    ids = torch.randint(1, vocab, (batch, cfg.seq_lens[0]), generator=torch.Generator().manual_seed(seed))
+    return torch.stack([ids, torch.ones_like(ids), torch.zeros_like(ids)], 1).float()
+
+
 @pytest.fixture(params=FIXTURE_NAMES)
 def fixture(request) -> dict:
     return load_fixture(request.param)

@@ -13,7 +13,7 @@ from dmd_core.config import BertSpec, DMDConfig, preset
 from dmd_core.losses import total_loss
 from dmd_core.text_encoder import BertUnavailableError
 
-from .conftest import tiny_config, tiny_inputs
+from .conftest import tiny_bert_text, tiny_config, tiny_inputs
 
 SMALL_BERT = dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                   intermediate_size=32, max_position_embeddings=32)  # fmt: skip
@@ -79,9 +79,8 @@ def test_one_state_dict_holds_the_network_and_both_gd_units():
 def test_model_with_bert_from_a_config_takes_token_ids():
     cfg = tiny_config(feature_dims=(16, 6, 4), bert=BertSpec(name_or_path=None, config=SMALL_BERT))
     model = dmd_core.DMD(cfg).eval()
-    B, L = 3, cfg.seq_lens[0]
-    ids = torch.randint(1, 50, (B, L))
-    text = torch.stack([ids, torch.ones(B, L, dtype=torch.long), torch.zeros(B, L, dtype=torch.long)], 1).float()
+    B = 3
+    text = tiny_bert_text(cfg, B)
     _, audio, vision, _ = tiny_inputs(cfg, batch=B)
     assert model(text, audio, vision).prediction.shape == (B, 1)
 

@@ -15,7 +15,7 @@ from dmd_core.losses import total_loss
 from dmd_core.model import DMD
 from dmd_core.trainer import Trainer, train
 
-from .conftest import tiny_config, tiny_inputs
+from .conftest import tiny_bert_text, tiny_config, tiny_inputs
 from .test_model import SMALL_BERT
 from .test_train import history_without_time, same_weights, tiny_dataset
 
@@ -47,11 +47,6 @@ def test_overlapped_training_equals_one_thread_bit_for_bit(tmp_path, threads):
     assert len(train_columns) > 10 and a[train_columns].equals(b[train_columns])
 
 
-def _bert_text(cfg, batch):
-    ids = torch.randint(1, 50, (batch, cfg.seq_lens[0]), generator=torch.Generator().manual_seed(2))
-    return torch.stack([ids, torch.ones_like(ids), torch.zeros_like(ids)], 1).float()
-
-
 @pytest.mark.parametrize("overrides", [
     dict(),  # memory Transformers of 3 layers: the seam is above the first
     dict(nlevels=4, attn_mask=False),  # 4 layers (the official depth), no future mask
@@ -61,7 +56,7 @@ def test_the_seam_splits_one_backward_pass_in_two_without_changing_a_bit(overrid
     cfg = tiny_config(**overrides)
     text, audio, vision, labels = tiny_inputs(cfg, batch=5)
     if cfg.use_bert:
-        text = _bert_text(cfg, 5)
+        text = tiny_bert_text(cfg, 5)
     torch.manual_seed(0)
     model = DMD(cfg).train()
     named = dict(model.named_parameters())
@@ -96,14 +91,13 @@ def test_backward_runs_on_the_other_thread_while_the_next_forward_runs(tmp_path,
     cfg = tiny_config()
     trainer = Trainer(cfg, tiny_dataset(cfg, sizes=(12, 4, 4)), TrainConfig(batch_size=4, overlap=True),
                       tmp_path / "run", seed=1, progress=False, distributed=False)  # fmt: skip
-    seen: dict[str, set] = {"forward": set(), "backward": set()}
+    seen: dict[str, set] = {"forward": set(), "backward": set(), "above": set()}
     trainer.model.register_forward_hook(lambda *a: seen["forward"].add(threading.get_ident()))
     first = trainer.params[0]  # the text projection: below the seam
     first.register_hook(lambda g: seen["backward"].add(threading.get_ident()))
     # The part above the seam (here the final head) runs its backward on the calling thread.
     above = trainer.model.final_head.proj1.weight
     assert any(above is p for p in trainer.gradients.above)
-    seen["above"] = set()
     above.register_hook(lambda g: seen["above"].add(threading.get_ident()))
     threads_inside: list[int] = []
     trainer.model.register_forward_hook(lambda *a: threads_inside.append(torch.get_num_threads()))

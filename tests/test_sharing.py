@@ -17,7 +17,7 @@ from dmd_core.cli import predict as predict_cli
 from dmd_core.evaluation import predict
 from dmd_core.sharing import ModelUnavailableError, WeightsMismatchError, best_valid_loss, export_run
 
-from .conftest import tiny_config, tiny_inputs
+from .conftest import tiny_bert_text, tiny_config, tiny_inputs
 from .test_train import one_thread, tiny_dataset  # noqa: F401  (autouse fixture)
 
 SMALL_BERT = dict(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
@@ -164,8 +164,7 @@ def test_a_model_with_bert_keeps_bert_in_the_same_folder_and_loads_without_it(tm
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     loaded = DMD.from_pretrained(tmp_path / "m")
     _, audio, vision, _ = tiny_inputs(model.config, batch=3)
-    ids = torch.randint(1, 50, (3, model.config.seq_lens[0]))
-    text = torch.stack([ids, torch.ones_like(ids), torch.zeros_like(ids)], 1)
+    text = tiny_bert_text(model.config, 3)
     with torch.no_grad():
         assert torch.allclose(loaded(text, audio, vision).prediction, model(text, audio, vision).prediction, atol=1e-6)
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
