@@ -66,24 +66,24 @@ class Setting:
     aligned: bool
     bert: bool
     train_samples: int  # default train split size (the issue's table)
-    label: str
+    text: str  # what the text input is
 
     def title(self, dataset: str) -> str:
         """``"MOSEI unaligned (V 500, A 500 frames), stored text features"``: the label for ``dataset``."""
         from dmd_core.config import SEQ_LENS
 
-        _, vision, audio = SEQ_LENS[(dataset, self.aligned)]
-        frames = "" if self.aligned else f" (V {vision}, A {audio} frames)"
-        kind, _, rest = self.label.partition(",")
-        return f"{dataset.upper()} {kind}{frames},{rest}"
+        if self.aligned:
+            return f"{dataset.upper()} aligned, {self.text}"
+        _, vision, audio = SEQ_LENS[(dataset, False)]
+        return f"{dataset.upper()} unaligned (V {vision}, A {audio} frames), {self.text}"
 
 
 SETTINGS = {
     s.name: s
     for s in (
-        Setting("aligned", True, False, 640, "aligned, stored text features"),
-        Setting("unaligned", False, False, 64, "unaligned, stored text features"),
-        Setting("bert", True, True, 640, "aligned, BERT 2 layers x 768 (random weights)"),
+        Setting("aligned", True, False, 640, "stored text features"),
+        Setting("unaligned", False, False, 64, "stored text features"),
+        Setting("bert", True, True, 640, "BERT 2 layers x 768 (random weights)"),
     )
 }
 QUICK_TRAIN_SAMPLES = 32

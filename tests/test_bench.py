@@ -160,7 +160,8 @@ def test_bench_on_cuda_1_initialises_cuda_before_asking_for_device_1(monkeypatch
     assert state["current"] == torch.device("cuda", 1)
 
 
-BENCHMARK_SCRIPTS = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py"))
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARK_SCRIPTS = sorted(BENCHMARKS.glob("*.py"))
 
 
 @pytest.mark.parametrize("script", BENCHMARK_SCRIPTS, ids=lambda p: p.name)
@@ -176,7 +177,7 @@ def test_the_attention_benchmark_times_one_map_and_appends_a_row(tmp_path):
     if native.library() is None:
         pytest.skip("the compiled kernel does not build here: the benchmark has nothing to compare")
     results = tmp_path / "attention.md"
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_attention.py"
+    script = BENCHMARKS / "bench_attention.py"
     done = subprocess.run([sys.executable, str(script), "--threads", "1", "--repeats", "1", "--maps", "MOSEI",
                            "--results", str(results)], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
@@ -188,7 +189,7 @@ def test_the_attention_benchmark_times_one_map_and_appends_a_row(tmp_path):
 def test_the_overlap_benchmark_runs_each_mode_and_appends_a_row(tmp_path):
     """Three fresh processes (two threads per op, overlap without and with the seam); each reports which ran."""
     results = tmp_path / "overlap.md"
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_overlap.py"
+    script = BENCHMARKS / "bench_overlap.py"
     done = subprocess.run([sys.executable, str(script), "--repeats", "1", "--epochs", "1", "--batches", "2",
                            "--settings", "aligned", "--results", str(results)], capture_output=True, text=True,
                           timeout=300)  # fmt: skip
