@@ -1,14 +1,17 @@
-"""Backward passes on a second thread (``TrainConfig.overlap``) against two threads per operation, alternately.
+"""The second thread of ``TrainConfig.overlap`` against two threads per operation, alternately.
 
 For each setting (the official MOSI recipe and model on random inputs of the real shapes: aligned,
-unaligned, aligned with a 2-layer x 768 BERT), fresh processes with two torch threads train in three
-modes, in turn, ``--repeats`` times: ``overlap=False`` (each operation on two threads); overlap with
-the whole backward pass of mini-batch i on a second thread while the forward pass of i + 1 runs, one
-thread per operation (the trainer's seam switched off); and ``overlap=True`` as it is, the backward
-pass split at the model's seam (:class:`dmd_core.devices.Seam`: the part above it on the first
-thread). Each process times ``--epochs`` passes of ``Trainer.train_epoch`` after one warm-up pass and
-reports the median. Writes a dated section of ``benchmarks/results/overlap.md``: the evidence for the
-rule ``overlap=None`` (auto) follows (:func:`dmd_core.devices.resolve_overlap`).
+unaligned, aligned with a 2-layer x 768 BERT), fresh processes with two torch threads train in turn,
+``--repeats`` times, in each mode that applies: ``overlap=False`` (each operation on two threads);
+without BERT, overlap with the whole backward pass of mini-batch i on a second thread while the
+forward pass of i + 1 runs, one thread per operation (the trainer's seam switched off), and
+``overlap=True`` as it is, the backward pass split at the model's seam
+(:class:`dmd_core.devices.Seam`: the part above it on the first thread); with BERT, ``overlap=True``
+runs BERT's forward pass one mini-batch ahead on the second thread
+(:class:`dmd_core.devices.TextAhead`). Each process times ``--epochs`` passes of
+``Trainer.train_epoch`` after one warm-up pass and reports the median. Writes a dated section of
+``benchmarks/results/overlap.md``: the evidence for the rule ``overlap=None`` (auto) follows
+(:func:`dmd_core.devices.resolve_overlap`).
 
 Run: ``python benchmarks/bench_overlap.py [--repeats 3] [--settings aligned,unaligned,bert]``
 """
@@ -54,12 +57,19 @@ with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         trainer.train_epoch()
         seconds.append(time.perf_counter() - start)
-print(json.dumps({"samples_per_s": 16 * batches / statistics.median(seconds), "overlap": trainer.gradients.overlap,
-                  "seam": trainer.gradients.above is not None}))
+ran = "ahead" if trainer.text_ahead else "seam" if trainer.gradients.above is not None else "whole"
+print(json.dumps({"samples_per_s": 16 * batches / statistics.median(seconds),
+                  "mode": ran if trainer.gradients.overlap or trainer.text_ahead else "off"}))
 """
 
 
-MODES = {"off": "two threads per op", "whole": "overlap, no seam", "seam": "overlap with the seam"}
+MODES = {"off": "two threads per op", "whole": "overlap, no seam", "seam": "overlap with the seam",
+         "ahead": "overlap: BERT ahead"}  # fmt: skip
+
+
+def modes(name: str) -> list[str]:
+    """The modes a setting runs in, in turn; the last is what ``overlap=True`` does for it."""
+    return ["off", "ahead"] if SETTINGS[name][0].get("bert_layers") else ["off", "whole", "seam"]
 
 
 def run(fields: dict, batches: int, epochs: int, mode: str) -> float:
@@ -67,7 +77,7 @@ def run(fields: dict, batches: int, epochs: int, mode: str) -> float:
     done = subprocess.run([sys.executable, "-c", CHILD, json.dumps([fields, batches, epochs, mode])], env=env,
                           cwd=ROOT, capture_output=True, text=True, check=True)  # fmt: skip
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    assert report["overlap"] is (mode != "off") and report["seam"] is (mode == "seam"), report
+    assert report["mode"] == mode, (report, mode)
     return report["samples_per_s"]
 
 
@@ -93,25 +103,26 @@ def main() -> int:
     for name in names:
         fields, batches = SETTINGS[name]
         batches = args.batches or batches
-        speeds: dict[str, list[float]] = {mode: [] for mode in MODES}
+        speeds: dict[str, list[float]] = {mode: [] for mode in modes(name)}
         for rep in range(args.repeats):
-            for mode in MODES:
+            for mode in speeds:
                 speeds[mode].append(run(fields, batches, args.epochs, mode))
                 print(f"{name} #{rep + 1} {MODES[mode]}: {speeds[mode][-1]:.1f} samples/s", flush=True)
-        medians = " | ".join(f"{statistics.median(speeds[mode]):.1f}" for mode in MODES)
-        every = " / ".join(", ".join(f"{x:.1f}" for x in speeds[mode]) for mode in MODES)
-        rows.append(f"| {name} | {medians} | {_ratio(speeds['seam'], speeds['off'])} | "
-                    f"{_ratio(speeds['seam'], speeds['whole'])} | {every} |")  # fmt: skip
+        on = speeds[modes(name)[-1]]
+        cells = [f"{statistics.median(speeds[m]):.1f}" if m in speeds else "" for m in MODES]
+        every = " / ".join(f"{MODES[m]} " + ", ".join(f"{x:.1f}" for x in xs) for m, xs in speeds.items())
+        no_seam = _ratio(speeds["seam"], speeds["whole"]) if "whole" in speeds else ""
+        rows.append(f"| {name} | {' | '.join(cells)} | {_ratio(on, speeds['off'])} | {no_seam} | {every} |")
     lines = [f"\n## {time.strftime('%Y-%m-%d %H:%M')}: {platform.processor() or platform.machine()}, "
              f"{os.cpu_count()} cores, 2 torch threads, {args.repeats} repeat(s), median of {args.epochs} epochs\n\n",
              f"Command: `python benchmarks/bench_overlap.py --repeats {args.repeats} --settings {args.settings}`\n\n",
-             f"Train samples/s (medians); ratios are medians of per-repeat ratios (range); every repeat in the order "
-             f"{', '.join(MODES.values())}.\n\n",
-             "| setting | two threads per op | overlap, no seam | overlap with the seam | seam / two threads per op | "
-             "seam / no seam | every repeat |", "|---|---|---|---|---|---|---|", *rows]  # fmt: skip
+             "Train samples/s (medians); ratios are medians of per-repeat ratios (range); the modes ran in turn in "
+             "each repeat. \"overlap\" is what `overlap=True` runs: the seam without BERT, BERT ahead with it.\n",
+             f"| setting | {' | '.join(MODES.values())} | overlap / two threads per op | seam / no seam | every repeat |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     append_rows(args.results, "# Backward passes on a second thread\n\nWritten by `benchmarks/bench_overlap.py`.\n",
-                lines)  # fmt: skip
-    print("\n".join(lines))
+                lines + rows)  # fmt: skip
+    print("\n".join(lines + rows))
     return 0
 
 

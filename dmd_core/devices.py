@@ -161,8 +161,10 @@ class JobThread:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=name, initializer=initializer, initargs=initargs)
         self._pending: list[Future] = []
 
-    def submit(self, job: Callable[..., object], *args: Any) -> None:
-        self._pending.append(self._pool.submit(job, *args))
+    def submit(self, job: Callable[..., object], *args: Any) -> Future:
+        future = self._pool.submit(job, *args)
+        self._pending.append(future)
+        return future
 
     def failed(self) -> bool:
         return any(f.done() and f.exception() is not None for f in self._pending)
@@ -226,6 +228,62 @@ class Seam:
         reached = [(t, above.grad) for t, above in crossings if above.grad is not None]
         if reached:
             torch.autograd.backward([t for t, _ in reached], [g for _, g in reached])
+
+
+class TextAhead:
+    """BERT's forward pass one mini-batch ahead on a second thread (``TrainConfig.overlap`` with BERT).
+
+    Within an accumulation group the weights do not change, so BERT's forward pass for mini-batch
+    ``i + 1`` does not wait for mini-batch ``i``: it runs on a second thread while this thread runs the
+    rest of the model's forward and backward pass for ``i``, each thread one thread per operation (the
+    two take about as long on two cores). BERT's backward pass for ``i``, large matrix products that
+    threads share well, then runs on this thread with every thread. Across an optimizer step nothing
+    runs ahead. BERT's output reaches the model as a detached copy (:meth:`features`); :meth:`backward`
+    carries the copy's gradient into BERT: the gradients of one backward pass, bit for bit, and BERT's
+    dropout masks follow from their own seeds (:class:`dmd_core.text_encoder.TextEncoder`), so training
+    computes exactly what one thread computes (tested).
+    """
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        self.encoder, self.threads = encoder, torch.get_num_threads()
+        self._thread = JobThread("dmd-text", torch.set_num_threads, (1,))
+        self._ahead: tuple[torch.Tensor, Future] | None = None  # (the next text, its BERT output to come)
+        self._crossing: tuple[torch.Tensor, torch.Tensor] | None = None  # (BERT's output, the model's copy)
+
+    def features(self, text: torch.Tensor, upcoming: torch.Tensor | None) -> torch.Tensor:
+        """BERT's output for ``text`` as a detached copy (computed ahead, or now); starts ``upcoming`` ahead
+        (the next mini-batch's text, None where an optimizer step comes first)."""
+        if self._ahead is not None:
+            ahead_text, future = self._ahead
+            if ahead_text is not text:
+                raise RuntimeError("TextAhead.features: the text computed ahead is not this mini-batch's")
+            out = future.result()
+            self._thread.wait()  # (done already) forget the job
+        else:
+            torch.set_num_threads(self.threads)
+            out = self.encoder(text)
+        self._ahead = None if upcoming is None else (upcoming, self._thread.submit(self.encoder, upcoming))
+        torch.set_num_threads(1 if upcoming is not None else self.threads)
+        copy = out.detach().requires_grad_(out.requires_grad)
+        self._crossing = (out, copy)
+        return copy
+
+    def backward(self) -> None:
+        """BERT's backward pass from the gradient its copy received, with every thread, once the next
+        mini-batch's forward pass on the other thread is done (an error there is raised here)."""
+        self._thread.wait()  # the result stays with self._ahead for the next features()
+        torch.set_num_threads(self.threads)
+        crossing, self._crossing = self._crossing, None
+        if crossing is not None and crossing[1].grad is not None:
+            torch.autograd.backward(crossing[0], crossing[1].grad)
+
+    def close(self) -> None:
+        """Wait for what runs ahead (an epoch that ended early leaves it unused) and restore the thread count."""
+        self._ahead, self._crossing = None, None
+        try:
+            self._thread.close()
+        finally:
+            torch.set_num_threads(self.threads)
 
 
 class GradientSteps:

@@ -192,9 +192,11 @@ class DMD(nn.Module):
         """``(B, L_t, d_t)`` text features: BERT's last hidden state, or ``text`` itself."""
         return text if self.text_encoder is None else self.text_encoder(text)
 
-    def decouple(self, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor) -> Decoupled:
+    def decouple(self, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor,
+                 text_features: torch.Tensor | None = None) -> Decoupled:  # fmt: skip
         """Temporal projection and decoupling (method reference: "Temporal projection", "Decoupling")."""
-        inputs = {"L": self.text_features(text), "V": vision, "A": audio}  # (B, L_m, d_m)
+        text = self.text_features(text) if text_features is None else text_features
+        inputs = {"L": text, "V": vision, "A": audio}  # (B, L_m, d_m)
         x, s, c, recon, cycle, sim = {}, {}, {}, {}, {}, {}
         for m in MODALITIES:
             h = inputs[m].transpose(1, 2)  # (B, d_m, L_m)
@@ -208,14 +210,17 @@ class DMD(nn.Module):
         return Decoupled(x, s, c, recon, cycle, sim)
 
     def forward(
-        self, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor, seam: Seam | None = None
+        self, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor, seam: Seam | None = None,
+        text_features: torch.Tensor | None = None,
     ) -> DMDOutput:
         """One forward pass. ``seam`` (training with ``TrainConfig.overlap``; see :class:`dmd_core.devices.Seam`):
         every tensor that crosses from the lower part of the model to the upper part (the memory Transformers from
         layer :attr:`seam_layer` on, the heads and fusion after them, the losses) passes through ``seam.cut``, so the
-        backward pass can be run in two parts; the numbers are the same."""
+        backward pass can be run in two parts; the numbers are the same. ``text_features``: BERT's output for
+        ``text``, computed beforehand (training with overlap: one mini-batch ahead, see
+        :class:`dmd_core.devices.TextAhead`); the text encoder is then not run."""
         cut = _same if seam is None else seam.cut
-        dec = self.decouple(text, audio, vision)
+        dec = self.decouple(text, audio, vision, text_features)
         s_seq = {m: dec.private[m].permute(2, 0, 1) for m in MODALITIES}  # (T, B, d)
 
         # 4. Homogeneous branch: heads on the time-major flattened shared features.

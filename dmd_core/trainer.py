@@ -54,7 +54,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,6 +71,7 @@ from .data import data_reference, open_dataset
 from .devices import (
     DistInfo,
     GradientSteps,
+    TextAhead,
     autocast,
     configure_cuda,
     init_distributed,
@@ -186,6 +188,19 @@ class EpochStats:
         return row
 
 
+def _with_next(items: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
+    """``(item, next item)`` pairs, the last with None."""
+    it = iter(items)
+    current = next(it, _END)
+    while current is not _END:
+        upcoming = next(it, _END)
+        yield current, None if upcoming is _END else upcoming
+        current = upcoming
+
+
+_END = object()
+
+
 class Trainer:
     """One training run (one seed) of the recipe, writing one run folder.
 
@@ -234,9 +249,17 @@ class Trainer:
         overlap = resolve_overlap(train_config.overlap, self.device, self.precision, self.dist.enabled,
                                   train_config.compile, model_config.aligned, model_config.use_bert,
                                   train_config.accumulation)  # fmt: skip
+        # With BERT, overlap runs BERT's forward pass ahead (TextAhead); without, the backward passes beside.
+        encoder = self.model.text_encoder
+        self.text_ahead = overlap and encoder is not None
+        if self.text_ahead and not encoder.seeded:
+            if train_config.overlap:
+                raise ValueError("TrainConfig.overlap=True with BERT needs BERT's seeded dropout, which needs a "
+                                 "transformers version whose BERT uses its attention registry (4.53 or later)")  # fmt: skip
+            self.text_ahead = overlap = False
         above = [p for p in self.model.parameters_above_seam() if p.requires_grad]
         self.gradients = GradientSteps(self.params, self.optimizer, self.device, self.precision, train_config.grad_clip,
-                                       overlap, above)  # fmt: skip
+                                       overlap and not self.text_ahead, above)  # fmt: skip
         self.epoch = 0  # completed epochs
         self.steps = 0  # optimizer steps
         self.best_valid, self.best_epoch = math.inf, 0
@@ -337,16 +360,25 @@ class Trainer:
         batches, n_batches = self._train_batches()
         stats = EpochStats(self.device)
         check_each_step = self.device.type != "cuda" and not self.dist.enabled  # a check is free on CPU
+        if self.model.text_encoder is not None:  # BERT's dropout masks: the same whichever thread draws them
+            self.model.text_encoder.seed_dropout(self.seed, passes=(epoch - 1) * n_batches)
         bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch}", leave=False, disable=not self.progress)
-        with self.gradients.epoch():  # with TrainConfig.overlap: backward passes on a second thread
-            for i, batch in enumerate(bar):
+        # With TrainConfig.overlap: backward passes on a second thread, or with BERT its forward passes ahead.
+        ahead = TextAhead(self.model.text_encoder) if self.text_ahead else None
+        with self.gradients.epoch(), closing(ahead) if ahead is not None else nullcontext():
+            for i, (batch, upcoming) in enumerate(_with_next(bar)):
                 if i % acc == 0:
                     self.gradients.zero_grad()
                 seam = self.gradients.seam()  # with overlap: the backward pass is split there (devices.Seam)
+                features = None
+                if ahead is not None:  # BERT's output; the next mini-batch's starts unless a step comes first
+                    features = ahead.features(batch.text, upcoming.text if upcoming is not None and (i + 1) % acc else None)
                 with autocast(self.device, self.precision):
-                    out = self.forward(batch.text, batch.audio, batch.vision, seam=seam)
+                    out = self.forward(batch.text, batch.audio, batch.vision, seam=seam, text_features=features)
                     parts = total_loss(self.model, out, batch.labels)  # float32 whatever the precision
                 self.gradients.backward(parts.total, seam)  # summed over the group: the loss is not divided by `acc`
+                if ahead is not None:
+                    ahead.backward()
                 self.gradients.clip(seam)  # on the running sum, after every backward
                 stats.add(i, parts, out)
                 if (i + 1) % acc == 0 or (i == n_batches - 1 and self.tcfg.leftover_step):

@@ -187,12 +187,16 @@ def test_the_attention_benchmark_times_one_map_and_appends_a_row(tmp_path):
 
 
 def test_the_overlap_benchmark_runs_each_mode_and_appends_a_row(tmp_path):
-    """Three fresh processes (two threads per op, overlap without and with the seam); each reports which ran."""
+    """Fresh processes per mode (aligned: two threads per op, overlap without and with the seam; BERT: two threads
+    per op, BERT ahead); each reports which mode ran."""
     results = tmp_path / "overlap.md"
     script = BENCHMARKS / "bench_overlap.py"
     done = subprocess.run([sys.executable, str(script), "--repeats", "1", "--epochs", "1", "--batches", "2",
-                           "--settings", "aligned", "--results", str(results)], capture_output=True, text=True,
+                           "--settings", "aligned,bert", "--results", str(results)], capture_output=True, text=True,
                           timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    rows = [line for line in results.read_text().splitlines() if line.startswith("| aligned |")]
-    assert len(rows) == 1 and rows[0].count("x (") == 2
+    lines = results.read_text().splitlines()
+    aligned = [line for line in lines if line.startswith("| aligned |")]
+    assert len(aligned) == 1 and aligned[0].count("x (") == 2 and "BERT ahead" not in aligned[0]
+    bert = [line for line in lines if line.startswith("| bert |")]
+    assert len(bert) == 1 and bert[0].count("x (") == 1 and "overlap: BERT ahead" in bert[0]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -66,6 +67,8 @@ def test_the_seam_splits_one_backward_pass_in_two_without_changing_a_bit(overrid
     def forward_backward(seam):
         model.zero_grad(set_to_none=True)
         torch.manual_seed(1)  # the same dropout masks
+        if model.text_encoder is not None:
+            model.text_encoder.seed_dropout(1)  # BERT's draw their own seeds
         loss = total_loss(model, model(text, audio, vision, seam=seam), labels).total
         loss.backward()
         return loss.detach(), {n: None if p.grad is None else p.grad.clone() for n, p in named.items()}
@@ -158,3 +161,123 @@ def test_cli_overlap_option_maps_to_the_train_config():
         args = parser.parse_args(["train", "--data", "x.pkl", "--overlap", word])
         assert _train_config_from_args(args).overlap is value
     assert _train_config_from_args(parser.parse_args(["train", "--data", "x.pkl"])).overlap is None
+
+
+# ---- with BERT: its forward pass one mini-batch ahead (devices.TextAhead) ----
+
+BERT_1100 = dict(SMALL_BERT, vocab_size=1100)  # dmd_core.bench.random_split draws token ids from 1000 on
+
+
+def bert_dataset(cfg, sizes=(22, 8, 8)):
+    from dmd_core.bench import random_split
+
+    return {name: random_split(cfg, n, name, k) for k, (name, n) in enumerate(zip(("train", "valid", "test"), sizes))}
+
+
+def test_bert_ahead_training_equals_one_thread_bit_for_bit(tmp_path, threads):
+    cfg = tiny_config(bert=BertSpec(name_or_path=None, config=BERT_1100))
+    ds = bert_dataset(cfg)
+    recipe = TrainConfig(batch_size=4, accumulation=3, max_epochs=2, seeds=(3,))
+    torch.set_num_threads(1)
+    one = train(cfg, ds, recipe.replace(overlap=False), tmp_path / "one", seed=3, progress=False)
+    # BERT's forward passes ahead on the second thread, every operation single-threaded: the same bits.
+    ahead = train(cfg, ds, recipe.replace(overlap=True), tmp_path / "ahead", seed=3, progress=False)
+    assert same_weights(one.model.state_dict(), ahead.model.state_dict())
+    a, b = history_without_time(tmp_path / "one"), history_without_time(tmp_path / "ahead")
+    train_columns = [c for c in a.columns if c.startswith("train_")]
+    assert len(train_columns) > 10 and a[train_columns].equals(b[train_columns])
+
+
+def test_bert_ahead_runs_where_it_should_with_two_threads(tmp_path, threads):
+    """Where each part runs: BERT ahead on the other thread, one thread per operation; the rest of the model here,
+    one thread while BERT runs beside it; BERT's backward and the group's first BERT pass here with both."""
+    cfg = tiny_config(bert=BertSpec(name_or_path=None, config=BERT_1100))
+    torch.set_num_threads(2)
+    trainer = Trainer(cfg, bert_dataset(cfg, sizes=(24, 4, 4)), TrainConfig(batch_size=4, accumulation=3, overlap=True),
+                      tmp_path / "run", seed=1, progress=False, distributed=False)  # fmt: skip
+    assert trainer.text_ahead and trainer.gradients.overlap is False
+    seen: dict[str, list] = {"bert": [], "model": [], "bert backward": []}
+
+    def record(key):
+        return lambda *a: seen[key].append((threading.get_ident() == main, torch.get_num_threads()))
+
+    main = threading.get_ident()
+    trainer.model.text_encoder.register_forward_hook(record("bert"))
+    trainer.model.fusion_head.register_forward_hook(record("model"))
+    trainer.model.text_encoder.bert.embeddings.LayerNorm.weight.register_hook(record("bert backward"))
+    trainer.train_epoch()
+    # 6 mini-batches in groups of 3: the 2nd and 3rd of each group ran ahead.
+    assert seen["bert"] == [(True, 2), (False, 1), (False, 1)] * 2
+    assert seen["model"] == [(True, 1), (True, 1), (True, 2)] * 2
+    assert seen["bert backward"] == [(True, 2)] * 6 and torch.get_num_threads() == 2
+
+
+def test_bert_dropout_masks_follow_their_seed_not_the_thread_or_other_draws():
+    from dmd_core.text_encoder import TextEncoder
+
+    torch.manual_seed(0)
+    enc = TextEncoder(BertSpec(name_or_path=None, config=dict(SMALL_BERT, hidden_dropout_prob=0.3)))
+    assert enc.seeded
+    cfg = tiny_config(bert=BertSpec(name_or_path=None, config=SMALL_BERT))
+    text = tiny_bert_text(cfg, 6)
+    text[0, 1, 5:] = 0  # some padding: the mask reaches the attention
+    enc.train()
+    enc.seed_dropout(7)
+    first, second = enc(text), enc(text)
+    assert not torch.equal(first, second)  # a new pass, new masks
+    enc.seed_dropout(7, passes=1)
+    torch.rand(1000)  # other draws on torch's generator change nothing
+    with ThreadPoolExecutor(1) as pool:
+        again = pool.submit(enc, text).result()  # nor the thread
+    assert torch.equal(again, second)
+    # The rate: the embeddings' dropout (p 0.3) zeroes about 30% of a wide output.
+    seeds = enc.seeds
+    seeds.seed, seeds.passes = 1, 0
+    seeds.next_pass()
+    x = torch.ones(200, 500)
+    dropped = enc.bert.embeddings.dropout(x)
+    assert abs((dropped == 0).float().mean().item() - 0.3) < 0.01 and torch.allclose(dropped.max(), torch.tensor(1 / 0.7))
+    # Evaluation is BERT as transformers computes it (sdpa), bit for bit.
+    from transformers import BertConfig, BertModel
+
+    plain = BertModel(BertConfig(**dict(SMALL_BERT, hidden_dropout_prob=0.3)), add_pooling_layer=False).eval()
+    plain.load_state_dict(enc.bert.state_dict())
+    enc.eval()
+    ids, mask = text[:, 0].long(), text[:, 1].float()
+    assert torch.equal(enc(text), plain(input_ids=ids, attention_mask=mask, token_type_ids=text[:, 2].long())[0])
+
+
+def test_an_error_in_bert_ahead_reaches_the_trainer_and_the_thread_count_is_restored(threads):
+    from dmd_core.devices import TextAhead
+
+    torch.set_num_threads(2)
+    calls = []
+
+    def encoder(text):
+        calls.append(threading.get_ident())
+        if len(calls) == 2:
+            raise RuntimeError("boom ahead")
+        return text * 2
+
+    a, b = torch.ones(2, requires_grad=True), torch.zeros(2)
+    ahead = TextAhead(encoder)
+    with pytest.raises(RuntimeError, match="boom ahead"):
+        try:
+            out = ahead.features(a, upcoming=b)  # a here, b ahead on the other thread
+            assert torch.get_num_threads() == 1 and out.requires_grad and out.grad_fn is None
+            out.sum().backward()
+            ahead.backward()  # waits for b: raises its error
+        finally:
+            ahead.close()
+    assert torch.get_num_threads() == 2 and calls[0] == threading.get_ident() != calls[1]
+    assert a.grad is None  # the error is raised before BERT's backward
+    # Asking for another mini-batch than the one computed ahead is a bug in the caller, said at once.
+    ahead = TextAhead(lambda t: t * 2)
+    try:
+        ahead.features(a, upcoming=b)
+        ahead.backward()
+        with pytest.raises(RuntimeError, match="not this mini-batch's"):
+            ahead.features(a, upcoming=None)
+    finally:
+        ahead.close()
+    assert torch.get_num_threads() == 2

@@ -93,10 +93,19 @@ def attention(
     return out.permute(2, 0, 1, 3).reshape(len_q, batch, dim)
 
 
-def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
-    """:func:`~dmd_core.kernels.definition.dropout`; on CPU with a 5x faster mask generator."""
+def dropout(x: torch.Tensor, p: float, training: bool = True, seed: int | None = None) -> torch.Tensor:
+    """:func:`~dmd_core.kernels.definition.dropout`; on CPU with a 5x faster mask generator.
+
+    ``seed`` (CPU only; BERT's dropout, :class:`dmd_core.text_encoder.TextEncoder`): the mask follows from it
+    instead of a draw from torch's generator, whichever thread runs the call. Elsewhere it is ignored.
+    """
     if not training or p == 0:
         return x
+    if seed is not None and x.device.type == "cpu" and p < 1:
+        if _fast_cpu(x):
+            return tiled.fast_dropout(x, p, seed)
+        keep = torch.empty_like(x).bernoulli_(1 - p, generator=torch.Generator().manual_seed(seed))
+        return x * keep / (1 - p)
     if p >= 1 or not _fast_cpu(x):
         return F.dropout(x, p, training)
     return tiled.fast_dropout(x, p)
