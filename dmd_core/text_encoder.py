@@ -159,7 +159,7 @@ def _use_seeded_dropout(bert: nn.Module, seeds: _DropoutSeeds) -> bool:
     AttentionInterface.register(_SEEDED_ATTENTION, _seeded_attention)
     AttentionMaskInterface.register(_SEEDED_ATTENTION, ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
     bert.set_attn_implementation(_SEEDED_ATTENTION)
-    for name, module in list(bert.named_modules()):
+    for module in list(bert.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, nn.Dropout):
                 setattr(module, child_name, _SeededDropout(child.p, seeds))
