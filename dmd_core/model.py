@@ -209,10 +209,8 @@ class DMD(nn.Module):
             cycle[m] = self.private[m](recon[m])
         return Decoupled(x, s, c, recon, cycle, sim)
 
-    def forward(
-        self, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor, seam: Seam | None = None,
-        text_features: torch.Tensor | None = None,
-    ) -> DMDOutput:
+    def forward(self, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor, seam: Seam | None = None,
+                text_features: torch.Tensor | None = None) -> DMDOutput:  # fmt: skip
         """One forward pass. ``seam`` (training with ``TrainConfig.overlap``; see :class:`dmd_core.devices.Seam`):
         every tensor that crosses from the lower part of the model to the upper part (the memory Transformers from
         layer :attr:`seam_layer` on, the heads and fusion after them, the losses) passes through ``seam.cut``, so the

@@ -372,7 +372,8 @@ class Trainer:
                 seam = self.gradients.seam()  # with overlap: the backward pass is split there (devices.Seam)
                 features = None
                 if ahead is not None:  # BERT's output; the next mini-batch's starts unless a step comes first
-                    features = ahead.features(batch.text, upcoming.text if upcoming is not None and (i + 1) % acc else None)
+                    coming = upcoming.text if upcoming is not None and (i + 1) % acc else None
+                    features = ahead.features(batch.text, coming)
                 with autocast(self.device, self.precision):
                     out = self.forward(batch.text, batch.audio, batch.vision, seam=seam, text_features=features)
                     parts = total_loss(self.model, out, batch.labels)  # float32 whatever the precision
