@@ -235,9 +235,10 @@ class TrainConfig(_Config):
     ``"fp32"`` (the recipe), ``"bf16"`` or ``"fp16"`` autocast (fp16 with a gradient scaler),
     or ``"auto"`` (bf16 on GPUs that have it, fp16 on older GPUs such as Colab's T4, fp32 on
     CPU and MPS); labels, losses and metrics stay float32 whatever the precision; on CUDA,
-    ``tf32`` matmuls; ``compile`` wraps the model in ``torch.compile``; ``overlap``: the backward
-    pass of each mini-batch runs on a second CPU thread while the next forward pass runs (None:
-    where it pays, see :func:`dmd_core.devices.resolve_overlap`; same numbers as one thread).
+    ``tf32`` matmuls; ``compile`` wraps the model in ``torch.compile``; ``overlap``: a second CPU
+    thread runs the backward pass of each mini-batch while the next forward pass runs, or with
+    BERT, BERT's forward pass for the next mini-batch (None: where it pays, see
+    :func:`dmd_core.devices.resolve_overlap`; same numbers as one thread).
     Config files written before ``precision`` existed hold ``bf16: true/false``; :meth:`from_dict`
     reads them.
     """

@@ -129,24 +129,26 @@ def grad_scaler(device: torch.device, precision: str | bool) -> torch.amp.GradSc
 
 def resolve_overlap(overlap: bool | None, device: torch.device, precision: str, distributed: bool, compiled: bool,
                     aligned: bool, bert: bool, accumulation: int, threads: int | None = None) -> bool:  # fmt: skip
-    """Whether :class:`GradientSteps` runs each backward on a second thread (``TrainConfig.overlap``).
+    """Whether training uses a second CPU thread (``TrainConfig.overlap``): without BERT the backward passes run
+    beside the forward passes (:class:`GradientSteps`, :class:`Seam`), with BERT its forward passes run one
+    mini-batch ahead (:class:`TextAhead`).
 
     ``True``/``False`` say so (``True`` needs the CPU, float32, one process and no ``torch.compile``);
     ``None`` (auto) overlaps where it was measured to pay: two CPU threads, float32, one process,
     not compiled, gradients accumulated over several mini-batches (an optimizer step must wait for
     the backward before it, and the next forward for the step: with ``accumulation=1`` nothing
-    overlaps), and the aligned model without BERT, whose step is hundreds of small operations
-    that two threads share badly. Measured on a 2-core machine (``benchmarks/bench_overlap.py``,
-    ``benchmarks/results/overlap.md``): two threads per operation swing from process to process
-    (50-75 samples/s), overlap stays steadier (61-73): 1.16x in the median over six alternations,
-    0.97-1.25x, and 0.98x in a run where two threads per operation ran at their best throughout.
-    The unaligned model and BERT spend their time in large operations that two threads do share:
-    there overlap was 0.82x and 0.87x.
+    overlaps), and the aligned model, whose step is hundreds of small operations that two threads
+    share badly. Measured on a 2-core machine (``benchmarks/bench_overlap.py``,
+    ``benchmarks/results/overlap.md``): without BERT, two threads per operation swing from process
+    to process (50-75 samples/s), overlap stays steadier (61-73): 1.16x in the median over six
+    alternations, 0.97-1.25x, and with the seam 1.10-1.25x; with BERT (2 x 768), BERT ahead 1.10x
+    (0.95-1.16x, four alternations). The unaligned model spends its time in large operations that
+    two threads do share: there overlap was 0.86x.
     """
     possible = device.type == "cpu" and precision == "fp32" and not distributed and not compiled
     if overlap is None:
         threads = torch.get_num_threads() if threads is None else threads
-        return possible and threads == 2 and accumulation > 1 and aligned and not bert
+        return possible and threads == 2 and accumulation > 1 and aligned
     if overlap and not possible:
         raise ValueError("TrainConfig.overlap=True needs the CPU, precision 'fp32', one process and no compile")
     return bool(overlap)
@@ -240,8 +242,11 @@ class TextAhead:
     threads share well, then runs on this thread with every thread. Across an optimizer step nothing
     runs ahead. BERT's output reaches the model as a detached copy (:meth:`features`); :meth:`backward`
     carries the copy's gradient into BERT: the gradients of one backward pass, bit for bit, and BERT's
-    dropout masks follow from their own seeds (:class:`dmd_core.text_encoder.TextEncoder`), so training
-    computes exactly what one thread computes (tested).
+    dropout masks follow from their own seeds (:class:`dmd_core.text_encoder.TextEncoder`), whichever
+    thread draws them. With one torch thread, training computes exactly what a one-thread run computes
+    (tested); with more, BERT's backward passes (and each group's first forward pass) use them all, and
+    PyTorch's multi-threaded sums may round differently from one thread's in the last bits, as any
+    change of the thread count may.
     """
 
     def __init__(self, encoder: torch.nn.Module) -> None:

@@ -244,9 +244,10 @@ def add_cli(subparsers) -> None:
     p.add_argument("--no-tf32", action="store_true", help="keep float32 matmuls exact on CUDA (TF32 is on by default)")
     p.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
     p.add_argument("--overlap", choices=["auto", "on", "off"], default="auto",
-                   help="CPU: run each backward pass on a second thread while the next forward pass runs, one "
-                        "thread per operation (same numbers as one thread); auto: on two threads for the aligned "
-                        "model without BERT with --accumulation > 1, where it was measured to pay (default: auto)")  # fmt: skip
+                   help="CPU: run each backward pass on a second thread while the next forward pass runs (with "
+                        "BERT: BERT's forward pass for the next mini-batch), one thread per operation (same numbers "
+                        "as one thread); auto: on two threads for the aligned model with --accumulation > 1, where "
+                        "it was measured to pay (default: auto)")  # fmt: skip
     p.add_argument(
         "--parallel-seeds",
         action="store_true",
