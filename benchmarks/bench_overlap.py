@@ -117,7 +117,7 @@ def main() -> int:
              f"{os.cpu_count()} cores, 2 torch threads, {args.repeats} repeat(s), median of {args.epochs} epochs\n\n",
              f"Command: `python benchmarks/bench_overlap.py --repeats {args.repeats} --settings {args.settings}`\n\n",
              "Train samples/s (medians); ratios are medians of per-repeat ratios (range); the modes ran in turn in "
-             "each repeat. \"overlap\" is what `overlap=True` runs: the seam without BERT, BERT ahead with it.\n",
+             "each repeat. \"overlap\" is what `overlap=True` runs: the seam without BERT, BERT ahead with it.\n\n",
              f"| setting | {' | '.join(MODES.values())} | overlap / two threads per op | seam / no seam | every repeat |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     append_rows(args.results, "# Backward passes on a second thread\n\nWritten by `benchmarks/bench_overlap.py`.\n",
