@@ -31,7 +31,7 @@ class TextEncoder(nn.Module):
     the pooler would be a trainable layer no loss reaches (and DDP would wait for its gradients).
 
     **Seeded dropout** (:attr:`seeded`, where the installed ``transformers`` lets a model choose its
-    attention function): BERT's dropout masks (embeddings, attention probabilities, the two residual
+    attention function; on the CPU): BERT's dropout masks (embeddings, attention probabilities, the two residual
     branches of each layer) follow from :meth:`seed_dropout`'s seed, the number of the training pass
     and the dropout site, not from draws on torch's generator. Whichever thread runs BERT's forward
     pass, and whatever else draws random numbers meanwhile, the masks are the same: that is what lets
@@ -122,15 +122,16 @@ _SEEDED_ATTENTION = "dmd_seeded_dropout"
 def _seeded_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """BERT's attention with its probabilities' dropout drawn by the module's :class:`_SeededDropout`.
 
-    Without dropout (evaluation) it is the implementation BERT had, ``sdpa`` (the only one replaced), so
-    evaluation computes exactly as before; with dropout it is ``transformers``' eager attention with a boolean
-    mask (True: attend), which is what the mask function registered beside it (that of ``sdpa``) builds.
+    Without dropout (evaluation), and off the CPU (where seeds are not used, see :func:`dmd_core.kernels.dropout`),
+    it is the implementation BERT had, ``sdpa`` (the only one replaced): exactly as before. With dropout on the
+    CPU it is ``transformers``' eager attention with a boolean mask (True: attend), which is what the mask
+    function registered beside it (that of ``sdpa``) builds.
     """
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    if dropout == 0 or not module.training:
+    if dropout == 0 or not module.training or query.device.type != "cpu":
         return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, scaling=scaling,
-                                              dropout=0.0, **kwargs)  # fmt: skip
+                                              dropout=dropout if module.training else 0.0, **kwargs)  # fmt: skip
     scores = torch.matmul(query, key.transpose(2, 3)) * (query.size(-1) ** -0.5 if scaling is None else scaling)
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
@@ -144,8 +145,9 @@ def _seeded_attention(module, query, key, value, attention_mask, scaling=None, d
 def _use_seeded_dropout(bert: nn.Module, seeds: _DropoutSeeds) -> bool:
     """Give ``bert`` seeded dropout (see :class:`TextEncoder`) where ``transformers`` allows it; whether it did.
 
-    Needs BERT to call its attention through ``transformers``' attention registry (versions from about 4.53;
-    older ones keep ``nn.Dropout`` and the generator's draws, and training then never runs BERT ahead)."""
+    Needs BERT to call its attention through ``transformers``' attention registry (as transformers 5 does;
+    versions whose BERT predates it keep ``nn.Dropout`` and the generator's draws, and training then never
+    runs BERT ahead)."""
     try:
         from transformers import AttentionInterface
         from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface

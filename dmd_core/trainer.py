@@ -255,7 +255,7 @@ class Trainer:
         if self.text_ahead and not encoder.seeded:
             if train_config.overlap:
                 raise ValueError("TrainConfig.overlap=True with BERT needs BERT's seeded dropout, which needs a "
-                                 "transformers version whose BERT uses its attention registry (4.53 or later)")  # fmt: skip
+                                 "transformers version whose BERT uses its attention registry (transformers 5 does)")  # fmt: skip
             self.text_ahead = overlap = False
         above = [p for p in self.model.parameters_above_seam() if p.requires_grad]
         self.gradients = GradientSteps(self.params, self.optimizer, self.device, self.precision, train_config.grad_clip,
