@@ -283,3 +283,18 @@ def test_an_error_in_bert_ahead_reaches_the_trainer_and_the_thread_count_is_rest
     finally:
         ahead.close()
     assert torch.get_num_threads() == 2
+
+
+def test_a_resumed_bert_run_draws_the_masks_an_uninterrupted_one_draws(tmp_path, threads):
+    """BERT's dropout stream is set at every epoch from the run's seed and the mini-batches before it."""
+    torch.set_num_threads(1)
+    cfg = tiny_config(bert=BertSpec(name_or_path=None, config=BERT_1100))
+    ds = bert_dataset(cfg, sizes=(16, 4, 4))
+    recipe = TrainConfig(batch_size=4, accumulation=2, max_epochs=3, seeds=(5,))
+    full = train(cfg, ds, recipe, tmp_path / "full", seed=5, progress=False)
+    train(cfg, ds, recipe.replace(max_epochs=1), tmp_path / "part", seed=5, progress=False)
+    resumed = train(cfg, ds, recipe, tmp_path / "part", seed=5, resume=True, progress=False)
+    assert same_weights(full.model.state_dict(), resumed.model.state_dict())
+    assert history_without_time(tmp_path / "full").equals(history_without_time(tmp_path / "part"))
+    # Each training pass had its own masks: the stream moved on over 3 epochs of 4 mini-batches, not per epoch.
+    assert full.model.text_encoder.seeds.passes == resumed.model.text_encoder.seeds.passes == 12
