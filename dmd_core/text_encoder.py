@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import BertSpec
@@ -31,7 +32,7 @@ class TextEncoder(nn.Module):
     the pooler would be a trainable layer no loss reaches (and DDP would wait for its gradients).
 
     **Seeded dropout** (:attr:`seeded`, where the installed ``transformers`` lets a model choose its
-    attention function; on the CPU): BERT's dropout masks (embeddings, attention probabilities, the two residual
+    attention function; on the CPU, not under ``torch.compile``): BERT's dropout masks (embeddings, attention probabilities, the two residual
     branches of each layer) follow from :meth:`seed_dropout`'s seed, the number of the training pass
     and the dropout site, not from draws on torch's generator. Whichever thread runs BERT's forward
     pass, and whatever else draws random numbers meanwhile, the masks are the same: that is what lets
@@ -62,10 +63,16 @@ class TextEncoder(nn.Module):
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
         ids, mask, segments = text[:, 0].long(), text[:, 1].float(), text[:, 2].long()
-        if self.training and self.seeded:
+        if self.training and self.seeded and _seeds_apply(text):
             self.seeds.next_pass()
         with torch.set_grad_enabled(self.finetune and torch.is_grad_enabled()):
             return self.bert(input_ids=ids, attention_mask=mask, token_type_ids=segments)[0]
+
+
+def _seeds_apply(t: torch.Tensor) -> bool:
+    """Seeded dropout is for the CPU, eager: on GPUs and under ``torch.compile`` BERT draws as ``nn.Dropout`` does
+    (torch's generator; a seed changing at every call would also make ``torch.compile`` recompile)."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 _MASK64 = (1 << 64) - 1
@@ -110,6 +117,8 @@ class _SeededDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
+        if not _seeds_apply(x):
+            return F.dropout(x, self.p, True)
         return dropout(x, self.p, True, seed=self._seeds[0].next_site())
 
     def extra_repr(self) -> str:
@@ -122,14 +131,14 @@ _SEEDED_ATTENTION = "dmd_seeded_dropout"
 def _seeded_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """BERT's attention with its probabilities' dropout drawn by the module's :class:`_SeededDropout`.
 
-    Without dropout (evaluation), and off the CPU (where seeds are not used, see :func:`dmd_core.kernels.dropout`),
-    it is the implementation BERT had, ``sdpa`` (the only one replaced): exactly as before. With dropout on the
+    Without dropout (evaluation), and where seeds are not used (:func:`_seeds_apply`), it is the implementation
+    BERT had, ``sdpa`` (the only one replaced): exactly as before. With dropout on the
     CPU it is ``transformers``' eager attention with a boolean mask (True: attend), which is what the mask
     function registered beside it (that of ``sdpa``) builds.
     """
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    if dropout == 0 or not module.training or query.device.type != "cpu":
+    if dropout == 0 or not module.training or not _seeds_apply(query):
         return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, scaling=scaling,
                                               dropout=dropout if module.training else 0.0, **kwargs)  # fmt: skip
     scores = torch.matmul(query, key.transpose(2, 3)) * (query.size(-1) ** -0.5 if scaling is None else scaling)

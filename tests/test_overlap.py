@@ -298,3 +298,21 @@ def test_a_resumed_bert_run_draws_the_masks_an_uninterrupted_one_draws(tmp_path,
     assert history_without_time(tmp_path / "full").equals(history_without_time(tmp_path / "part"))
     # Each training pass had its own masks: the stream moved on over 3 epochs of 4 mini-batches, not per epoch.
     assert full.model.text_encoder.seeds.passes == resumed.model.text_encoder.seeds.passes == 12
+
+
+def test_under_torch_compile_bert_draws_as_nn_dropout_does():
+    """Seeds are for the eager CPU path; traced by Dynamo, BERT's dropout uses torch's generator (no seed to
+    specialise on, so no recompilation per call), and the model still trains and evaluates."""
+    from dmd_core.text_encoder import TextEncoder
+
+    torch.manual_seed(0)
+    enc = TextEncoder(BertSpec(name_or_path=None, config=SMALL_BERT)).train()
+    text = tiny_bert_text(tiny_config(bert=BertSpec(name_or_path=None, config=SMALL_BERT)), 4)
+    torch._dynamo.reset()
+    compiled = torch.compile(enc, backend="eager")
+    a, b = compiled(text), compiled(text)
+    assert enc.seeds.passes == 0 and not torch.equal(a, b)  # not seeded, and fresh masks each call
+    a.sum().backward()
+    assert enc.bert.embeddings.word_embeddings.weight.grad is not None
+    enc.eval()
+    assert torch.equal(compiled(text), enc(text))
