@@ -10,6 +10,9 @@ plain definitions in :mod:`dmd_core.kernels.definition`, only faster:
 * on GPUs (and under ``torch.compile``), attention is PyTorch's
   ``scaled_dot_product_attention`` and dropout is ``F.dropout``.
 
+:mod:`~dmd_core.kernels.bert` gives Hugging Face's BERT dropout masks drawn from seeds (CPU training), so
+that its forward pass can run on another thread (``TrainConfig.overlap``) with the numbers of one.
+
 **One switch** chooses: :data:`BACKEND`, set from the environment variable ``DMD_KERNELS`` at
 import (``auto``, the default; ``tiled``: never build or use the compiled kernel; ``torch``:
 PyTorch's own functions everywhere) and changed for a block with :func:`use`.
