@@ -128,12 +128,14 @@ def grad_scaler(device: torch.device, precision: str | bool) -> torch.amp.GradSc
 
 
 def resolve_overlap(overlap: bool | None, device: torch.device, precision: str, distributed: bool, compiled: bool,
-                    aligned: bool, bert: bool, accumulation: int, threads: int | None = None) -> bool:  # fmt: skip
+                    aligned: bool, bert: bool, accumulation: int, threads: int | None = None,
+                    bert_seeded: bool = True) -> bool:  # fmt: skip
     """Whether training uses a second CPU thread (``TrainConfig.overlap``): without BERT the backward passes run
     beside the forward passes (:class:`GradientSteps`, :class:`Seam`), with BERT its forward passes run one
     mini-batch ahead (:class:`TextAhead`).
 
-    ``True``/``False`` say so (``True`` needs the CPU, float32, one process and no ``torch.compile``);
+    ``True``/``False`` say so (``True`` needs the CPU, float32, one process and no ``torch.compile``,
+    and with BERT its seeded dropout, ``bert_seeded``: :mod:`dmd_core.kernels.bert`);
     ``None`` (auto) overlaps where it was measured to pay: two CPU threads, float32, one process,
     not compiled, gradients accumulated over several mini-batches (an optimizer step must wait for
     the backward before it, and the next forward for the step: with ``accumulation=1`` nothing
@@ -148,9 +150,12 @@ def resolve_overlap(overlap: bool | None, device: torch.device, precision: str, 
     possible = device.type == "cpu" and precision == "fp32" and not distributed and not compiled
     if overlap is None:
         threads = torch.get_num_threads() if threads is None else threads
-        return possible and threads == 2 and accumulation > 1 and aligned
+        return possible and threads == 2 and accumulation > 1 and aligned and (bert_seeded or not bert)
     if overlap and not possible:
         raise ValueError("TrainConfig.overlap=True needs the CPU, precision 'fp32', one process and no compile")
+    if overlap and bert and not bert_seeded:
+        raise ValueError("TrainConfig.overlap=True with BERT needs BERT's seeded dropout, which needs a "
+                         "transformers version whose BERT uses its attention registry (transformers 5 does)")  # fmt: skip
     return bool(overlap)
 
 
@@ -262,8 +267,7 @@ class TextAhead:
             ahead_text, future = self._ahead
             if ahead_text is not text:
                 raise RuntimeError("TextAhead.features: the text computed ahead is not this mini-batch's")
-            out = future.result()
-            self._thread.wait()  # (done already) forget the job
+            out = future.result()  # done: backward() waited for it
         else:
             torch.set_num_threads(self.threads)
             out = self.encoder(text)

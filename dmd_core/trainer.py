@@ -246,17 +246,12 @@ class Trainer:
         self.scheduler = ReduceLROnPlateau(
             self.optimizer, mode="min", factor=train_config.plateau_factor, patience=train_config.plateau_patience
         )
-        overlap = resolve_overlap(train_config.overlap, self.device, self.precision, self.dist.enabled,
-                                  train_config.compile, model_config.aligned, model_config.use_bert,
-                                  train_config.accumulation)  # fmt: skip
-        # With BERT, overlap runs BERT's forward pass ahead (TextAhead); without, the backward passes beside.
         encoder = self.model.text_encoder
+        overlap = resolve_overlap(train_config.overlap, self.device, self.precision, self.dist.enabled,
+                                  train_config.compile, model_config.aligned, encoder is not None,
+                                  train_config.accumulation, bert_seeded=encoder is None or encoder.seeded)  # fmt: skip
+        # With BERT, overlap runs BERT's forward pass ahead (TextAhead); without, the backward passes beside.
         self.text_ahead = overlap and encoder is not None
-        if self.text_ahead and not encoder.seeded:
-            if train_config.overlap:
-                raise ValueError("TrainConfig.overlap=True with BERT needs BERT's seeded dropout, which needs a "
-                                 "transformers version whose BERT uses its attention registry (transformers 5 does)")  # fmt: skip
-            self.text_ahead = overlap = False
         above = [p for p in self.model.parameters_above_seam() if p.requires_grad]
         self.gradients = GradientSteps(self.params, self.optimizer, self.device, self.precision, train_config.grad_clip,
                                        overlap and not self.text_ahead, above)  # fmt: skip

@@ -31,21 +31,25 @@ def threads():
     torch.set_num_threads(before)
 
 
-def test_overlapped_training_equals_one_thread_bit_for_bit(tmp_path, threads):
-    # 22 samples in mini-batches of 4 with groups of 3: two full groups and a leftover group per epoch.
-    cfg = tiny_config()
-    ds = tiny_dataset(cfg, sizes=(22, 8, 8))
+def assert_overlap_trains_as_one_thread(tmp_path, cfg, ds, threads_with_overlap: int) -> None:
+    """Two epochs with overlap (at ``threads_with_overlap`` torch threads) and without (one thread): same bits."""
     recipe = TrainConfig(batch_size=4, accumulation=3, max_epochs=2, seeds=(3,))
     torch.set_num_threads(1)
     one = train(cfg, ds, recipe.replace(overlap=False), tmp_path / "one", seed=3, progress=False)
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads_with_overlap)
     two = train(cfg, ds, recipe.replace(overlap=True), tmp_path / "two", seed=3, progress=False)
-    assert torch.get_num_threads() == 2  # restored after every epoch
+    assert torch.get_num_threads() == threads_with_overlap  # restored after every epoch
     assert same_weights(one.model.state_dict(), two.model.state_dict())
     # The training columns agree bit for bit; validation ran with two threads per operation in `two`.
     a, b = history_without_time(tmp_path / "one"), history_without_time(tmp_path / "two")
     train_columns = [c for c in a.columns if c.startswith("train_")]
     assert len(train_columns) > 10 and a[train_columns].equals(b[train_columns])
+
+
+def test_overlapped_training_equals_one_thread_bit_for_bit(tmp_path, threads):
+    # 22 samples in mini-batches of 4 with groups of 3: two full groups and a leftover group per epoch.
+    cfg = tiny_config()
+    assert_overlap_trains_as_one_thread(tmp_path, cfg, tiny_dataset(cfg, sizes=(22, 8, 8)), threads_with_overlap=2)
 
 
 @pytest.mark.parametrize("overrides", [
@@ -145,6 +149,9 @@ def test_auto_overlaps_only_where_it_was_measured_to_pay():
                 bert=False, accumulation=10, threads=2)  # fmt: skip
     assert resolve_overlap(**auto)
     assert resolve_overlap(**(auto | dict(bert=True)))  # BERT's forward passes ahead
+    assert not resolve_overlap(**(auto | dict(bert=True, bert_seeded=False)))  # masks would depend on the thread
+    with pytest.raises(ValueError, match="seeded dropout"):
+        resolve_overlap(**(auto | dict(overlap=True, bert=True, bert_seeded=False)))
     for change in (dict(threads=1), dict(threads=4), dict(accumulation=1), dict(aligned=False), dict(precision="bf16"),
                    dict(distributed=True), dict(compiled=True), dict(device=torch.device("cuda"))):  # fmt: skip
         assert not resolve_overlap(**(auto | change)), change
@@ -176,17 +183,9 @@ def bert_dataset(cfg, sizes=(22, 8, 8)):
 
 
 def test_bert_ahead_training_equals_one_thread_bit_for_bit(tmp_path, threads):
-    cfg = tiny_config(bert=BertSpec(name_or_path=None, config=BERT_1100))
-    ds = bert_dataset(cfg)
-    recipe = TrainConfig(batch_size=4, accumulation=3, max_epochs=2, seeds=(3,))
-    torch.set_num_threads(1)
-    one = train(cfg, ds, recipe.replace(overlap=False), tmp_path / "one", seed=3, progress=False)
     # BERT's forward passes ahead on the second thread, every operation single-threaded: the same bits.
-    ahead = train(cfg, ds, recipe.replace(overlap=True), tmp_path / "ahead", seed=3, progress=False)
-    assert same_weights(one.model.state_dict(), ahead.model.state_dict())
-    a, b = history_without_time(tmp_path / "one"), history_without_time(tmp_path / "ahead")
-    train_columns = [c for c in a.columns if c.startswith("train_")]
-    assert len(train_columns) > 10 and a[train_columns].equals(b[train_columns])
+    cfg = tiny_config(bert=BertSpec(name_or_path=None, config=BERT_1100))
+    assert_overlap_trains_as_one_thread(tmp_path, cfg, bert_dataset(cfg), threads_with_overlap=1)
 
 
 def test_bert_ahead_runs_where_it_should_with_two_threads(tmp_path, threads):

@@ -99,7 +99,7 @@ def attention(
 def dropout(x: torch.Tensor, p: float, training: bool = True, seed: int | None = None) -> torch.Tensor:
     """:func:`~dmd_core.kernels.definition.dropout`; on CPU with a 5x faster mask generator.
 
-    ``seed`` (CPU only; BERT's dropout, :class:`dmd_core.text_encoder.TextEncoder`): the mask follows from it
+    ``seed`` (CPU only; BERT's dropout, :mod:`dmd_core.kernels.bert`): the mask follows from it
     instead of a draw from torch's generator, whichever thread runs the call. Elsewhere it is ignored.
     """
     if not training or p == 0:
