@@ -254,11 +254,13 @@ def reference_version(ref: Path) -> dict[str, str | None]:
 
 
 def our_commit() -> str:
-    """Short HEAD commit of this repository, with ``+dirty`` when the working tree has changes."""
+    """Short HEAD commit of this repository, with ``+dirty`` when tracked files have changed (outside
+    ``benchmarks/results``, which this script and the other benchmarks append to)."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               timeout=10).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)benchmarks/results"], cwd=ROOT,
                                capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return "unknown"
