@@ -259,6 +259,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.side == "reference":
         if args.reference is None:
             parser.error("side 'reference' needs --reference DIR")
+        if args.parts:
+            parser.error("--parts times our step's parts: side 'ours' only")
         out = run_reference(args.reference.resolve(), data, args.dataset, args.aligned, bert, args.epochs, args.seed)
     else:
         if args.parts and bert is None:
