@@ -18,6 +18,14 @@ def load_fixture(name: str) -> dict:
     return torch.load(FIXTURES / f"{name}.pt", weights_only=True)
 
 
+@pytest.fixture
+def threads():
+    """Restores the process's torch thread count after the test."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_config(**overrides) -> DMDConfig:
     """A small DMD (d=8, 2 heads, 1 level) on short sequences; fast enough for any unit test."""
     fields = dict(

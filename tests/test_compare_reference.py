@@ -32,14 +32,6 @@ def load(name: str) -> ModuleType:
     return module
 
 
-@pytest.fixture
-def threads():
-    """Restores the process's torch thread count after the test."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
 compare = load("compare_reference")
 runner = load("reference_runner")
 

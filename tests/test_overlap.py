@@ -23,14 +23,6 @@ from .test_train import history_without_time, same_weights, tiny_dataset
 CPU = torch.device("cpu")
 
 
-@pytest.fixture
-def threads():
-    """Restores the process's torch thread count after the test."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
-
-
 def assert_overlap_trains_as_one_thread(tmp_path, cfg, ds, threads_with_overlap: int) -> None:
     """Two epochs with overlap (at ``threads_with_overlap`` torch threads) and without (one thread): same bits."""
     recipe = TrainConfig(batch_size=4, accumulation=3, max_epochs=2, seeds=(3,))
