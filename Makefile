@@ -16,11 +16,13 @@ STAMP  := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# dmd_core with the book's and the tests' extras, and the chapters' helpers (book/: dmd-book, package dmd_book),
+# in one pip command (dmd-book requires dmd-core, which it finds here, not on a registry).
+$(STAMP): pyproject.toml book/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(if $(TORCH),$(BIN)/python -m pip install --quiet "$(TORCH)")
-	$(BIN)/python -m pip install --quiet -e ".[book,dev]"
+	$(BIN)/python -m pip install --quiet -e ".[book,dev]" -e ./book
 	touch $(STAMP)
 
 book: setup

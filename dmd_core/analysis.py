@@ -7,8 +7,9 @@
   :class:`EdgeComparison`: the GD-Units' edges over training, samples and settings.
 * :func:`ablation_table`: test metrics of several multi-seed runs side by side.
 
-The figures are in :mod:`dmd_core.plots`; the chapters' own plumbing (settings, run reuse,
-generated sentences, display tables) in :mod:`dmd_core.book`.
+Nothing here draws: the book's figures, and the chapters' own plumbing (settings, run reuse, generated
+sentences, display tables), live in the book's package ``dmd_book`` (``book/dmd_book/``), so ``dmd_core``
+needs no plotting library.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ BRANCHES = ("homo", "hetero")
 
 
 BRANCH_TITLES = {"homo": "HomoGD", "hetero": "HeteroGD"}
+MODALITY_NAMES: dict[str, str] = {"L": "language", "V": "vision", "A": "audio"}
 
 
 def describe_mmsa(path: str | Path) -> pd.DataFrame:
@@ -325,8 +327,6 @@ class EdgeComparison:
 
 def ranking(scores: pd.Series, higher_is_better: bool = True) -> str:
     """``"language > vision > audio"``: the modalities (index L, V, A) ordered by ``scores``."""
-    from .plots import MODALITY_NAMES
-
     order = scores.sort_values(ascending=not higher_is_better).index
     return " > ".join(MODALITY_NAMES.get(str(m), str(m)) for m in order)
 

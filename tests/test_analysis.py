@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dmd_core import analysis, book
+import dmd_book as book  # the chapters' helpers (book/dmd_book/): settings, prose, tables
+from dmd_core import analysis
 from dmd_core.config import TrainConfig, preset
 from dmd_core.distill import EDGE_NAMES, GraphDistillation
 from dmd_core.model import DMD

@@ -1,4 +1,4 @@
-"""The book's figures: one colour per modality everywhere, and each figure draws what it says."""
+"""The book's figures (``dmd_book.plots``): one colour per modality everywhere, and each figure draws what it says."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.patches import FancyArrowPatch  # noqa: E402
 
-from dmd_core import plots  # noqa: E402
+from dmd_book import plots  # noqa: E402
 from dmd_core.distill import EDGE_NAMES  # noqa: E402
 
 

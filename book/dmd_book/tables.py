@@ -9,13 +9,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import FEATURE_DIMS, MODALITIES, SEQ_LENS, SPLIT_SIZES, DMDConfig, TrainConfig
-from ..distill import EDGE_NAMES
+from dmd_core.config import FEATURE_DIMS, MODALITIES, SEQ_LENS, SPLIT_SIZES, DMDConfig, TrainConfig
+from dmd_core.distill import EDGE_NAMES
 
 if TYPE_CHECKING:
-    from ..data import MMSADataset
-    from ..model import DMD
-    from ..runs import SeedRuns
+    from dmd_core.data import MMSADataset
+    from dmd_core.model import DMD
+    from dmd_core.runs import SeedRuns
+
     from .settings import BookSettings
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def shape_table(dec: Any, config: DMDConfig) -> pd.DataFrame:
 
 def toy_decoupled(private: torch.Tensor, shared: torch.Tensor) -> Any:
     """A :class:`~dmd_core.model.Decoupled` whose three modalities all hold ``private``/``shared`` ``(B, d, T)``."""
-    from ..model import Decoupled
+    from dmd_core.model import Decoupled
 
     same = {m: private for m in MODALITIES}
     return Decoupled(x=same, private=same, shared={m: shared for m in MODALITIES}, recon=same,

@@ -1,10 +1,14 @@
-"""Helpers of the book's chapters (a reader of the method may skip this package).
+"""dmd_book: the helpers of the book's chapters, a distribution of its own beside ``dmd_core``.
 
-* :mod:`~dmd_core.book.settings`: :class:`BookSettings`, the notebook parameters and run reuse;
-* :mod:`~dmd_core.book.prose`: the sentences generated from measured numbers;
-* :mod:`~dmd_core.book.tables`: the tables chapters display.
+A researcher who installs ``dmd_core`` to train or use DMD needs none of this (nor matplotlib); the
+chapters import it (``pip install -e ./book``, or on Colab ``dmd-book @ git+...#subdirectory=book``).
 
-Reusable analyses live in :mod:`dmd_core.analysis`, figures in :mod:`dmd_core.plots`.
+* :mod:`~dmd_book.settings`: :class:`BookSettings`, the notebook parameters and run reuse;
+* :mod:`~dmd_book.prose`: the sentences generated from measured numbers;
+* :mod:`~dmd_book.tables`: the tables chapters display;
+* :mod:`~dmd_book.plots`: the figures, one colour per modality.
+
+Reusable analyses (edges, similarity, probes, attention maps) live in :mod:`dmd_core.analysis`.
 """
 
 from .prose import (

@@ -3,7 +3,7 @@
 Every function draws on a Matplotlib ``Axes`` it is given (or a new figure)
 and returns the ``Figure``, so a notebook can ``glue`` it with a caption.
 Nothing here computes results: the numbers come from :mod:`dmd_core.analysis`
-or from a run folder.
+or from a run folder. Part of the book's own package (``book/``), not of ``dmd_core``.
 
 * :data:`PALETTE`: modality -> colour (Okabe-Ito, readable by colour-blind
   readers). :func:`edge_style` derives an edge's colour from its teacher.
@@ -26,13 +26,13 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch
 
-from .config import MODALITIES
-from .distill import EDGE_NAMES
+from dmd_core.analysis import MODALITY_NAMES
+from dmd_core.config import MODALITIES
+from dmd_core.distill import EDGE_NAMES
 
 # One colour per modality (Okabe-Ito): language blue, vision green, audio vermillion.
 PALETTE: dict[str, str] = {"L": "#0072B2", "V": "#009E73", "A": "#D55E00"}
 NEUTRAL = "#7F7F7F"  # shared / modality-free things (the shared encoder, the fusion)
-MODALITY_NAMES: dict[str, str] = {"L": "language", "V": "vision", "A": "audio"}
 STUDENT_LINESTYLE: dict[str, str] = {"L": "-", "V": "--", "A": ":"}
 
 

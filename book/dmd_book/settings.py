@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..config import BertSpec, DMDConfig, TrainConfig
+from dmd_core.config import BertSpec, DMDConfig, TrainConfig
 
 if TYPE_CHECKING:
-    from ..data import MMSADataset
-    from ..runs import Run, SeedRuns
+    from dmd_core.data import MMSADataset
+    from dmd_core.runs import Run, SeedRuns
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class BookSettings:
 
     @property
     def torch_device(self) -> torch.device:
-        from ..devices import pick_device
+        from dmd_core.devices import pick_device
 
         return pick_device(self.device)
 
@@ -119,7 +119,7 @@ class BookSettings:
     # ---- data
     def synth_spec(self, **changes: Any):
         """The :class:`~dmd_core.data.synth.SynthSpec` of the synthetic file (``changes`` e.g. ``strengths``)."""
-        from ..data.synth import SynthSpec
+        from dmd_core.data.synth import SynthSpec
 
         return SynthSpec(dataset=self.dataset, aligned=self.aligned, scale=self.scale, seed=self.synth_seed,
                          **changes)  # fmt: skip
@@ -135,7 +135,7 @@ class BookSettings:
             if not path.is_file():
                 raise FileNotFoundError(f"data_path {str(path)!r} does not exist (expected an MMSA pickle)")
             return path
-        from ..data.synth import write_mmsa
+        from dmd_core.data.synth import write_mmsa
 
         spec = self.synth_spec(**spec_changes)
         layout = "aligned" if self.aligned else "unaligned"
@@ -188,8 +188,8 @@ class BookSettings:
         Finished seeds are read back; the missing ones of every model train together, ``workers``
         at a time on CPU (:func:`~dmd_core.seeds.train_runs`), one after another on a GPU.
         """
-        from ..runs import load_seeds, seed_dir
-        from ..seeds import RunJob, summarize_seeds, train_runs
+        from dmd_core.runs import load_seeds, seed_dir
+        from dmd_core.seeds import RunJob, summarize_seeds, train_runs
 
         seeds = tuple(train_config.seeds if seeds is None else seeds)
         folders = {name: self.run_dir(name, config, data_file, train_config) for name, config in configs.items()}
@@ -228,7 +228,7 @@ _LOADED: dict[tuple, Any] = {}
 
 
 def _load_cached(path: str, text: str, mtime: int, mmap_dir: str | None = None) -> MMSADataset:
-    from ..data import load_mmsa
+    from dmd_core.data import load_mmsa
 
     key = (path, text, mtime, mmap_dir)
     if key not in _LOADED:

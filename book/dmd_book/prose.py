@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from ..analysis import BRANCH_TITLES, BRANCHES
-from ..config import DMDConfig, TrainConfig
+from dmd_core.analysis import BRANCH_TITLES, BRANCHES
+from dmd_core.config import DMDConfig, TrainConfig
 
 if TYPE_CHECKING:
     from .settings import BookSettings
@@ -46,7 +46,7 @@ def similarity_verdict(cross: pd.DataFrame, clear_gap: float = 0.1) -> str:
 def recipe_note(settings: BookSettings, config: DMDConfig, train_config: TrainConfig) -> str:
     """A sentence saying whether this run follows the recipe and, if not, how it departs from it."""
     recipe, official = TrainConfig(), None
-    from ..config import preset
+    from dmd_core.config import preset
 
     official = preset(config.dataset, config.aligned)
     changes = []
