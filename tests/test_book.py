@@ -240,3 +240,22 @@ def test_the_book_check_rejects_a_page_whose_mathjax_is_not_served_locally(tmp_p
     assert "not served by the book" in build.mathjax_problems(page)[0]
     page.write_text('<script src="_static/mathjax/tex-svg.js"></script>')
     assert "does not hold" in build.mathjax_problems(page)[0]
+
+
+def _method_differences() -> list[str]:
+    """The items of the method page's "Where we differ from the reference" section (one bullet each)."""
+    text = (ROOT / "book" / "method.md").read_text(encoding="utf-8")
+    section = text.split("(method-differences)=\n", 1)[1].split("\n(", 1)[0]
+    return [item.strip() for item in re.split(r"^- ", section, flags=re.M)[1:]]
+
+
+def test_the_method_page_holds_the_one_list_of_differences_each_with_its_switch_and_the_readme_links_to_it():
+    items = _method_differences()
+    assert len(items) >= 10, items
+    for item in items:
+        assert re.match(r"\*\*[^*]+\*\*", item), f"a difference starts with its name in bold: {item[:80]!r}"
+        assert "*Switch:*" in item or "*No switch.*" in item, f"a difference names its switch: {item[:80]!r}"
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Where we differ from the reference", 1)[1].split("\n## ", 1)[0]
+    assert "book/method.md#where-we-differ-from-the-reference" in section
+    assert not re.search(r"^\s*- ", section, flags=re.M), "the README links to the list instead of repeating it"
