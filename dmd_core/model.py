@@ -12,8 +12,7 @@ per-modality layer lives in an ``nn.ModuleDict`` keyed by ``"L"``, ``"V"``,
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +20,7 @@ from torch import nn
 
 from .config import MODALITIES, DMDConfig
 from .distill import Graph, GraphDistillation
+from .hub import DMDHubMixin
 from .kernels import dropout
 from .text_encoder import TextEncoder
 from .transformer import TransformerEncoder
@@ -120,16 +120,16 @@ def time_major(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(x.shape[0], -1)
 
 
-class DMD(nn.Module):
+class DMD(nn.Module, DMDHubMixin):
     """Decoupled Multimodal Distillation (Li, Wang, Cui, CVPR 2023).
 
     ``DMD(config)(text, audio, vision)`` -> :class:`DMDOutput`, where ``text`` is
     ``(B, 3, L_t)`` ids/mask/segments with BERT or ``(B, L_t, d_t)`` features,
     ``audio (B, L_a, d_a)``, ``vision (B, L_v, d_v)``. ``homo_gd`` and
     ``hetero_gd`` are the two GD-Units; their losses are in :mod:`dmd_core.losses`.
-    ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` (the methods of huggingface_hub's
-    ``PyTorchModelHubMixin``) share it as ``config.json`` + ``model.safetensors``; :mod:`dmd_core.sharing`
-    says what they check.
+    ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` (huggingface_hub's ``PyTorchModelHubMixin``,
+    through :class:`~dmd_core.hub.DMDHubMixin`) share it as ``config.json`` + ``model.safetensors``;
+    :mod:`dmd_core.hub` says what they check.
     """
 
     def __init__(self, config: DMDConfig) -> None:
@@ -279,34 +279,3 @@ class DMD(nn.Module):
         for encoder in self.memory.values():
             modules += [*encoder.layers[self.seam_layer :], encoder.layer_norm]
         return [p for module in modules for p in module.parameters()]
-
-    # ---- sharing: Hugging Face-style folders (dmd_core.sharing; huggingface_hub is imported only when used) ----
-
-    def save_pretrained(self, save_directory: str | Path, *, push_to_hub: bool = False, repo_id: str | None = None,
-                        **push_kwargs: Any) -> str | None:  # fmt: skip
-        """Write ``config.json``, ``model.safetensors`` (BERT's weights included) and, if absent, a ``README.md``
-        card to ``save_directory``; with ``push_to_hub``, then upload it (``repo_id``: default the folder's name)."""
-        from .sharing import save_folder
-
-        folder = save_folder(self, save_directory)
-        if push_to_hub:
-            return self.push_to_hub(repo_id or folder.name, **push_kwargs)
-        return None
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *, map_location: str = "cpu",
-                        strict: bool = True, **hub_kwargs: Any) -> DMD:  # fmt: skip
-        """A DMD (eval mode) from a folder (``save_pretrained``, ``dmd export``) or a hub id; a hub id fails at once
-        offline. ``hub_kwargs``: ``revision``, ``cache_dir``, ``force_download``, ``local_files_only``, ``token``."""
-        from .sharing import from_folder_or_hub
-
-        return from_folder_or_hub(cls, pretrained_model_name_or_path, map_location=map_location, strict=strict,
-                                  **hub_kwargs)  # fmt: skip
-
-    def push_to_hub(self, repo_id: str, *, commit_message: str = "Push DMD with dmd_core", private: bool | None = None,
-                    token: str | None = None, branch: str | None = None, create_pr: bool | None = None) -> str:  # fmt: skip
-        """Save to a temporary folder and upload it to the hub repository ``repo_id`` (created if needed)."""
-        from .sharing import push_model
-
-        return push_model(self, repo_id, commit_message=commit_message, private=private, token=token, branch=branch,
-                          create_pr=create_pr)  # fmt: skip

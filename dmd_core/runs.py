@@ -17,7 +17,8 @@ Every file is written to a temporary file in the same folder, flushed to disk an
 renamed over the target (:func:`atomic_write_bytes`), so a run killed at any moment leaves
 either the old or the new version of each file, never half of one.
 
-Read back with :func:`load_run` (one seed) or :func:`load_seeds` (a multi-seed folder).
+Read back with :func:`load_run` (one seed) or :func:`load_seeds` (a multi-seed folder); a run's
+network with its weights, with :func:`dmd_core.export.load_model` (this module never builds the model).
 
 ``history.csv`` columns (one row per completed epoch):
 
@@ -48,6 +49,7 @@ import os
 import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,12 +57,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .config import DMDConfig, TrainConfig
-from .devices import JobThread
 
 if TYPE_CHECKING:  # pandas is imported lazily: it is only needed to read runs back
     import pandas as pd
-
-    from .model import DMD
 
 CONFIG, HISTORY, BEST, LAST = "config.json", "history.csv", "best.pt", "last.pt"
 TEST_METRICS, TEST_PREDICTIONS = "test_metrics.json", "test_predictions.csv"
@@ -169,15 +168,16 @@ class FileWriter:
     """
 
     def __init__(self) -> None:
-        self._thread: JobThread | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
         self._failed = threading.Event()
 
     def write(self, path: str | os.PathLike, data: bytes | memoryview) -> None:
-        if self._thread is None:
-            self._thread = JobThread("dmd-files")
-        elif self._thread.failed():
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="dmd-files")
+        elif self.failed():
             self.flush()
-        self._thread.submit(self._write, Path(path), data)
+        self._pending.append(self._pool.submit(self._write, Path(path), data))
 
     def _write(self, path: Path, data: bytes | memoryview) -> None:
         if self._failed.is_set():
@@ -188,22 +188,28 @@ class FileWriter:
             self._failed.set()
             raise
 
+    def failed(self) -> bool:
+        """Whether a finished write failed (without waiting for the others)."""
+        return any(f.done() and f.exception() is not None for f in self._pending)
+
     def flush(self) -> None:
         """Wait for every write asked for so far; raise the first that failed (those behind it were dropped)."""
+        pending, self._pending = self._pending, []
         try:
-            if self._thread is not None:
-                self._thread.wait()
+            errors = [e for e in (f.exception() for f in pending) if e is not None]  # in the order asked
+            if errors:
+                raise errors[0]
         finally:
             self._failed.clear()
 
     def close(self) -> None:
         """:meth:`flush`, then end the thread."""
-        thread, self._thread = self._thread, None
+        pool, self._pool = self._pool, None
         try:
-            if thread is not None:
-                thread.close()
+            self.flush()
         finally:
-            self._failed.clear()
+            if pool is not None:
+                pool.shutdown(wait=True)
 
 
 class FileWriteSkipped(OSError):
@@ -268,18 +274,6 @@ class Run:
         if which not in ("best", "last"):
             raise ValueError(f"Run.checkpoint: which must be 'best' or 'last', found {which!r}")
         return load_checkpoint(self.path / (BEST if which == "best" else LAST), map_location)
-
-    def load_model(self, which: str = "best", device: str | torch.device = "cpu") -> DMD:
-        """A :class:`~dmd_core.model.DMD` (eval mode) holding the ``best`` or ``last`` weights.
-
-        With BERT, building the model loads BERT from ``config.bert`` first (a local folder or
-        the Hugging Face cache), then the run's fine-tuned weights replace it.
-        """
-        from .model import DMD
-
-        model = DMD(self.config)
-        model.load_state_dict(self.checkpoint(which)["model"])
-        return model.to(device).eval()
 
 
 def load_run(path: str | os.PathLike) -> Run:

@@ -223,7 +223,7 @@ def test_fit_resume_and_predict_on_the_device(tmp_path):
         [row["valid_loss"] for row in full.history], rel=1e-4)  # fmt: skip
     assert resumed.test_metrics["MAE"] == pytest.approx(full.test_metrics["MAE"], rel=1e-4)
     run = dmd_core.load_run(tmp_path / "part")
-    model = run.load_model("best", DEVICE)
+    model = dmd_core.load_model(run, "best", device=DEVICE)
     assert next(model.parameters()).device.type == torch.device(DEVICE).type
     pred = predict(model, ds["test"], DEVICE, batch_size=tc.batch_size)  # as the run's test: the same batches
     assert pred.ids == run.test_predictions["id"].tolist()

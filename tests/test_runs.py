@@ -16,6 +16,7 @@ import torch
 import dmd_core.runs
 from dmd_core import runs
 from dmd_core.config import DMDConfig, TrainConfig
+from dmd_core.export import load_model
 from dmd_core.metrics import METRIC_NAMES
 from dmd_core.model import DMD
 from dmd_core.seeds import train_seeds
@@ -108,9 +109,9 @@ def test_load_run_gives_configs_history_metrics_predictions_and_models(tmp_path)
     assert isinstance(run.history, pd.DataFrame) and len(run.history) == 2
     assert run.test_metrics["MAE"] == result.results[3].test_metrics["MAE"]
     assert isinstance(run.test_predictions, pd.DataFrame) and len(run.test_predictions) == len(ds["test"])
-    model = run.load_model("best")
+    model = load_model(run, "best")
     assert isinstance(model, DMD) and not model.training
-    last, saved = run.load_model("last").state_dict(), run.checkpoint("last")["model"]
+    last, saved = load_model(run, "last").state_dict(), run.checkpoint("last")["model"]
     assert all(torch.equal(last[k], saved[k]) for k in saved)
     # The summary is the mean over the two seeds' test metrics.
     per_seed = seeds.test_metrics

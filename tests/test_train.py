@@ -21,6 +21,7 @@ from dmd_core.data import Split
 from dmd_core.devices import pick_device, seed_everything
 from dmd_core.distill import EDGE_NAMES
 from dmd_core.evaluation import evaluate, missing_modality_table
+from dmd_core.export import load_model
 from dmd_core.losses import total_loss
 from dmd_core.metrics import METRIC_NAMES
 from dmd_core.model import DMD
@@ -315,7 +316,7 @@ def test_test_split_is_scored_once_with_the_best_weights(tmp_path, epochs):
     result = train(cfg, ds, _plateau_recipe().replace(max_epochs=epochs), tmp_path / "run", seed=2, progress=False)
     assert (result.best_epoch == result.epochs) == (epochs == 1)
     run = load_run(tmp_path / "run")
-    best = run.load_model("best")
+    best = load_model(run, "best")
     scores = evaluate(best, ds["test"])
     assert {k: scores[k] for k in METRIC_NAMES} == {k: run.test_metrics[k] for k in METRIC_NAMES}
     assert run.test_metrics["best_epoch"] == result.best_epoch == run.checkpoint("best")["epoch"]

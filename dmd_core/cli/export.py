@@ -1,10 +1,11 @@
-"""``dmd export``: a run's weights as a shareable Hugging Face-style folder with a model card (:mod:`dmd_core.sharing`)."""
+"""``dmd export``: a run's weights as a shareable Hugging Face-style folder with a model card (:mod:`dmd_core.export`)."""
 
 from __future__ import annotations
 
 import argparse
 
-from ..sharing import CARD, CONFIG, TRAINING, WEIGHTS, export_run, push_folder, read_training, require_hub
+from ..export import TRAINING, export_run, push_folder, read_training
+from ..hub import CARD, CONFIG, WEIGHTS, require_hub
 from . import run_command
 
 EPILOG = f"""\

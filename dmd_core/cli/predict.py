@@ -10,7 +10,7 @@ from ..data import load_mmsa
 from ..devices import pick_device
 from ..distill import EDGE_NAMES
 from ..evaluation import predict, scores
-from ..sharing import load_model
+from ..export import load_model
 from . import run_command
 from .options import add_device
 

@@ -15,6 +15,7 @@ from ..config import DMDConfig, TrainConfig
 from ..data import MMSADataset, load_mmsa
 from ..devices import pick_device
 from ..evaluation import evaluate, missing_modality_table
+from ..export import load_model
 from ..model import DMD
 from ..seeds import train_seeds
 from ..tensorboard import require_tensorboard
@@ -154,7 +155,7 @@ def _cli_test(args: argparse.Namespace) -> int:
                 raise ValueError(f"{run.path}: no data file recorded in config.json; give --data")
             text = "bert" if run.config.use_bert else "features"
             ds = load_mmsa(data, text=text, config=run.config, mmap_dir=args.mmap_dir)
-            targets[str(run.path)] = (run.load_model(args.which, pick_device(args.device)), ds)
+            targets[str(run.path)] = (load_model(run, args.which, device=pick_device(args.device)), ds)
     device = pick_device(args.device)
     for name, (model, ds) in targets.items():
         split = ds[args.split]
