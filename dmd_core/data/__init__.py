@@ -8,7 +8,8 @@ for ``DMD(config)(text, audio, vision)``. The files are described in the book's 
 * :mod:`~dmd_core.data.loading`: ``load_mmsa``; :mod:`~dmd_core.data.validate`: what it checks;
 * :mod:`~dmd_core.data.pickles`: safe reading and portable writing of the pickles;
 * :mod:`~dmd_core.data.mmap`: the memory-mapped cache behind ``mmap_dir``;
-* :mod:`~dmd_core.data.synth`: synthetic MMSA files with a documented planted structure.
+* :mod:`~dmd_core.data.synth`: synthetic MMSA files with a documented planted structure
+  (:mod:`~dmd_core.data.synth_spec` their parameters, :mod:`~dmd_core.data.synth_vocab` their words).
 """
 
 from .dataset import BERT_VOCAB_SIZE, SPLITS, Batch, DataFormatError, MMSADataset, Split
