@@ -8,7 +8,7 @@ Each measured step runs in a fresh Python process, so its peak memory is its own
 is the kernel's high-water mark of resident memory (``ru_maxrss``; it includes pages of
 memory-mapped files, which the kernel can drop at any time), ``peak_anon_mb`` the sampled peak
 of anonymous memory (``RssAnon``: what must fit in RAM). Results go to
-``benchmarks/results/data[_quick].json`` and one markdown row per step to
+``benchmarks/results/raw/data_<quick|full|mosei>.json`` and one markdown row per step to
 ``benchmarks/results/data.md``, with the machine and the git commit.
 """
 
@@ -206,9 +206,11 @@ def main() -> int:
     for name, r in results.items():
         print(f"{name:34s} " + " ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
     if not args.no_record:
-        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "raw").mkdir(parents=True, exist_ok=True)
         tag = "quick" if args.quick else ("mosei" if args.mosei_mmap else "full")
-        (RESULTS / f"data_{tag}.json").write_text(json.dumps({"machine": machine, "results": results}, indent=1))
+        (RESULTS / "raw" / f"data_{tag}.json").write_text(
+            json.dumps({"machine": machine, "results": results}, indent=1)
+        )
         md = RESULTS / "data.md"
         text = md.read_text() if md.exists() else _MD_HEADER
         text += "".join(_md_row(machine, f"{name} ({tag})", r) + "\n" for name, r in results.items())

@@ -32,8 +32,8 @@ reference loads its text encoder with ``from_pretrained(folder)``, so nothing is
 Every ratio says how many times better ours is (above 1: ours better): train samples/s
 ours / reference, wall time and peak RSS reference / ours; each is taken per repeat (the
 reference and ours run next to each other) and reported as the median and min-max over repeats.
-Results: a dated section of ``benchmarks/results/reference.md`` and
-``benchmarks/results/reference-<time>.json`` (machine, versions, both commits, every run).
+Results: a dated section of ``benchmarks/results/reference.md`` and the raw record
+``benchmarks/results/raw/reference-<time>.json`` (machine, versions, both commits, every run).
 
 Run: ``python benchmarks/compare_reference.py --reference DIR [--dataset mosi|mosei]
 [--settings aligned,unaligned,bert] [--repeats 3] [--threads 2] [--train-samples N] [--quick]
@@ -319,11 +319,11 @@ def compare_setting(setting: Setting, dataset: str, ref: Path, n_train: int, n_e
 
 
 def write_results(result: dict[str, Any], folder: Path) -> tuple[Path, Path]:
-    """``reference-<time>.json`` and a dated section appended to ``reference.md`` in ``folder``."""
+    """A dated section appended to ``reference.md`` in ``folder``, the raw record in ``raw/reference-<time>.json``."""
     from dmd_core.bench import append_rows
 
-    folder.mkdir(parents=True, exist_ok=True)
-    json_path = folder / f"reference-{result['stamp']}.json"
+    (folder / "raw").mkdir(parents=True, exist_ok=True)
+    json_path = folder / "raw" / f"reference-{result['stamp']}.json"
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     m, ref = result["machine"], result["reference"]
     ref_id = ref["commit"][:12] if ref["commit"] else f"files sha256 {ref['files_sha256']}"
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-samples", type=int, default=None,
                         help="validation and test split sizes (default: train / 10, at least 16)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="smoke test: 32 train samples, 1 repeat")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of reference.md and the JSON")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of reference.md (JSON in raw/)")
     args = parser.parse_args(argv)
     try:
         settings = parse_settings(args.settings)

@@ -326,7 +326,7 @@ def stage_bench(c: Check, timeout_s: float) -> dict[str, Any]:
             [c.py, *DMD_MODULE, "bench", "--device", c.device, *row.args(), *size, "--out", str(folder)],
             left * weights[0] / sum(weights),
         )
-        found = sorted(folder.glob("*.json"))
+        found = sorted(folder.glob("raw/*.json"))  # dmd bench writes its record into raw/
         result = json.loads(found[-1].read_text()) if found else None
         out.append({"label": row.label, "dataset": row.dataset, "aligned": row.aligned, "precision": row.precision,
                     "compile": row.compile, "status": step["status"], "seconds": step["seconds"], "step": step,

@@ -15,8 +15,8 @@ size, batch size, device, threads) this measures, on random inputs of the real s
   runs with TF32 on), else the rate of a large matrix multiplication timed here (CPUs,
   other GPUs). ``peak_flops_source`` in the result says which.
 
-Every measurement is written as JSON under ``benchmarks/results/`` and appended as a row to
-``benchmarks/results/results.md`` with the machine, library versions and git commit.
+Every measurement is appended as a row to ``benchmarks/results/results.md`` with the machine, library
+versions and git commit; its whole record goes to ``benchmarks/results/raw/<setting>-<time>.json``.
 Values vary with the machine's load: compare settings measured in one run.
 """
 
@@ -315,11 +315,11 @@ def append_rows(table: Path, header: str, rows: list[str]) -> None:
 
 
 def record(result: dict[str, Any], folder: Path = RESULTS) -> Path:
-    """Write ``result`` as JSON and append a row to ``results.md`` in ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Append a row to ``results.md`` in ``folder`` and write ``result`` as JSON into ``folder/raw/`` (returned)."""
+    (folder / "raw").mkdir(parents=True, exist_ok=True)
     m, s = result["machine"], result["setting"]
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = folder / f"{s['name']}-{stamp}.json"
+    path = folder / "raw" / f"{s['name']}-{stamp}.json"
     path.write_text(json.dumps(result, indent=2))
     gpu = "" if result["peak_device_gb"] is None else f"{result['peak_device_gb']:.2f}"
     row = (f"| {m['date']} | {m['commit']} | {s['name']} | {s['threads']} | {result['train_samples_per_s']:.1f} "

@@ -78,7 +78,7 @@ def test_the_cli_writes_to_the_given_folder(tmp_path, capsys):
             "--threads", "1", "--out", str(tmp_path)]  # fmt: skip
     assert main(args) == 0
     assert "samples/s" in capsys.readouterr().out
-    assert len(list(tmp_path.glob("mosi-aligned-features-b2-cpu-*.json"))) == 1
+    assert len(list(tmp_path.glob("raw/mosi-aligned-features-b2-cpu-*.json"))) == 1  # raw records apart
     assert (tmp_path / "results.md").exists()
 
 

@@ -181,7 +181,7 @@ def test_quick_run_against_the_reference_writes_ratios_and_a_markdown_row(tmp_pa
         capture_output=True, text=True, timeout=600, cwd=ROOT,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    (json_path,) = tmp_path.glob("reference-*.json")
+    (json_path,) = tmp_path.glob("raw/reference-*.json")  # the raw record apart from the summary
     result = json.loads(json_path.read_text())
     setting = result["settings"]["aligned"]
     assert setting["train_samples"] == 32 and result["repeats"] == 1
