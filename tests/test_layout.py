@@ -11,12 +11,124 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "dmd_core"
 MODULES = sorted(p for p in PACKAGE.rglob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+MAX_LINES = 500
+
+# Every module of the package is in exactly one of three lists (names relative to dmd_core; "__init__" is the
+# package itself), so that a new module cannot slip in unclassified. The method: read these to learn DMD.
 METHOD = ("config", "model", "text_encoder", "transformer", "distill", "losses", "metrics")
-MACHINERY = ("cli", "bench", "data", "book", "analysis", "plots", "runs", "trainer", "reference")
+# What the method may use besides itself: the kernels' entry points (kernels/__init__.py: attention and dropout,
+# which dispatch to the speed code) and the plain functions they equal, and the model folder's format (hub: the
+# PyTorchModelHubMixin that DMD inherits). Exact modules only.
+SUPPORT = ("kernels", "kernels.definition", "hub")
+# Running, measuring, sharing and reading the method. A package named here (cli, data) is machinery as a whole,
+# its new modules with it.
+MACHINERY = ("__init__", "cli", "data", "analysis", "bench", "devices", "epoch_stats", "evaluation", "export",
+             "precision", "reference", "rng", "runs", "seeds", "tensorboard", "trainer", "kernels.tiled",
+             "kernels.native")  # fmt: skip
+# The one way from the method to the speed code: the kernels' entry points call the implementations.
+DISPATCH = {"kernels": ("kernels.tiled",)}
 
 
 def _tree(path: Path) -> ast.Module:
     return ast.parse(path.read_text(encoding="utf-8"))
+
+
+def module_name(path: Path, package: Path = PACKAGE) -> str:
+    """``dmd_core/data/synth.py`` -> ``data.synth``; a package's ``__init__.py`` is the package, the top one
+    ``__init__``."""
+    parts = list(path.relative_to(package).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts) or "__init__"
+
+
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """Every module of ``package`` and the modules of the package it imports, read from the source.
+
+    Every import statement counts, wherever it is: at the top, inside a function (a lazy import is still a
+    dependency) or under ``TYPE_CHECKING``. ``from .pkg import name`` is an edge to the module ``pkg.name`` when
+    there is one (so ``from . import x`` in a package's ``__init__`` is an edge to ``x``), else to ``pkg`` itself
+    (its ``__init__``, which defines or re-exports ``name``). The parent packages that Python initialises on the
+    way are not edges: every module would otherwise depend on the package's ``__init__``, which imports the
+    public names of them all.
+    """
+    paths = {module_name(p, package): p for p in sorted(package.rglob("*.py"))}
+    full = {f"{package.name}.{m}" if m != "__init__" else package.name: m for m in paths}
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        here = package.name if name == "__init__" else f"{package.name}.{name}"
+        current = here if path.name == "__init__.py" else here.rpartition(".")[0]
+        targets: list[str] = []
+        for node in ast.walk(_tree(path)):
+            if isinstance(node, ast.Import):
+                targets += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = current.split(".")
+                    base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+                targets += [f"{base}.{a.name}" if f"{base}.{a.name}" in full else base for a in node.names]
+        graph[name] = set()
+        for target in targets:
+            while target and target not in full:  # ``import dmd_core.data.synth``, ``from .kernels.native import x``
+                target = target.rpartition(".")[0]
+            if target and full[target] != name:
+                graph[name].add(full[target])
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """One cycle (``[a, b, ..., a]``) through each group of modules that import each other (Tarjan's strongly
+    connected components)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    groups: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while not group or group[-1] != v:
+                group.append(stack.pop())
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    cycles = []
+    for group in groups:  # the shortest way from the group's first module back to itself, inside the group
+        start, paths = group[0], {group[0]: [group[0]]}
+        frontier = [start]
+        while frontier and start not in [w for v in frontier for w in graph[v]]:
+            nxt = []
+            for v in frontier:
+                for w in sorted(graph[v] & set(group)):
+                    if w not in paths:
+                        paths[w] = paths[v] + [w]
+                        nxt.append(w)
+            frontier = nxt
+        last = next(v for v in frontier if start in graph[v])
+        cycles.append(paths[last] + [start])
+    return cycles
+
+
+def classification(name: str) -> list[str]:
+    """The lists that claim module ``name`` (METHOD, SUPPORT, MACHINERY)."""
+    claims = []
+    for label, entries in (("METHOD", METHOD), ("SUPPORT", SUPPORT), ("MACHINERY", MACHINERY)):
+        for entry in entries:
+            if name == entry or (label == "MACHINERY" and name.startswith(entry + ".")):
+                claims.append(label)
+    return claims
 
 
 def test_the_readme_table_names_every_module_of_the_package():
@@ -64,19 +176,31 @@ def test_no_private_name_is_imported_or_used_outside_its_module():
     assert not offenders, offenders
 
 
-@pytest.mark.parametrize("name", METHOD)
-def test_method_files_hold_no_machinery(name):
-    tree = _tree(PACKAGE / f"{name}.py")
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level >= 1:
-            imported.add((node.module or "").split(".")[0])
-            if node.module and node.module.startswith("kernels."):
-                imported.add(node.module)
-    assert not imported & set(MACHINERY), f"{name}.py imports {imported & set(MACHINERY)}"
-    # Speed code is reached only through kernels' two entry points and the plain definitions.
-    assert not imported & {"kernels.tiled", "kernels.native"}
-    assert len((PACKAGE / f"{name}.py").read_text(encoding="utf-8").splitlines()) <= 500
+def test_no_module_of_the_package_is_over_500_lines():
+    long = [f"{p.relative_to(ROOT).as_posix()}: {n} lines" for p in sorted(PACKAGE.rglob("*.py"))
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES]  # fmt: skip
+    assert not long, f"over {MAX_LINES} lines: {long}"
+
+
+def test_no_import_circle_in_the_package():
+    cycles = import_cycles(import_graph())
+    assert not cycles, "modules that import each other: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_every_module_is_classified_once_as_method_support_or_machinery():
+    graph = import_graph()
+    wrong = {m: claims for m in sorted(graph) if len(claims := classification(m)) != 1}
+    assert not wrong, f"each module in exactly one of METHOD, SUPPORT, MACHINERY: {wrong}"
+    entries = [*METHOD, *SUPPORT, *MACHINERY]
+    stale = [e for e in entries if e not in graph]
+    assert not stale and len(entries) == len(set(entries)), f"names of no module, or named twice: {stale}"
+
+
+@pytest.mark.parametrize("name", (*METHOD, *SUPPORT))
+def test_method_files_and_what_they_use_import_no_machinery(name):
+    allowed = {*METHOD, *SUPPORT, *DISPATCH.get(name, ())}
+    machinery = sorted(import_graph()[name] - allowed)
+    assert not machinery, f"{name} imports {machinery} (machinery: the method reaches only {SUPPORT})"
 
 
 def test_method_and_loop_functions_stay_short():
@@ -88,11 +212,13 @@ def test_method_and_loop_functions_stay_short():
     assert not long, long
 
 
-def test_import_dmd_core_does_not_import_transformers_the_hub_or_the_book_tools():
+def test_import_dmd_core_does_not_import_transformers_or_the_book_tools():
     import subprocess
     import sys
 
-    heavy = ("transformers", "huggingface_hub", "safetensors", "matplotlib", "pandas", "sklearn", "torch._dynamo")
+    # huggingface_hub is imported: DMD inherits its PyTorchModelHubMixin (dmd_core.hub), the library's own
+    # save_pretrained / from_pretrained / push_to_hub rather than a copy kept to save a fraction of a second.
+    heavy = ("transformers", "safetensors", "matplotlib", "seaborn", "pandas", "sklearn", "torch._dynamo")
     code = (
         f"import sys, dmd_core, dmd_core.cli, dmd_core.trainer; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     )
