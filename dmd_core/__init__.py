@@ -9,8 +9,8 @@ Running it: :mod:`~dmd_core.trainer` (the recipe), :mod:`~dmd_core.evaluation`, 
 :mod:`~dmd_core.export` (a run's model: ``load_model``, ``dmd export``), :mod:`~dmd_core.tensorboard`.
 Machinery a reader may skip: :mod:`~dmd_core.kernels` (fast attention and dropout),
 :mod:`~dmd_core.cli`, :mod:`~dmd_core.bench`, :mod:`~dmd_core.reference` (the reference
-implementation's configs and checkpoints), :mod:`~dmd_core.analysis` and :mod:`~dmd_core.plots`
-(analyses and figures), :mod:`~dmd_core.book` (the chapters' helpers).
+implementation's configs and checkpoints), :mod:`~dmd_core.analysis` (reusable analyses; it draws nothing).
+The book's figures and chapter helpers are the separate package ``dmd_book`` (``book/dmd_book/``).
 """
 
 from .config import MODALITIES, BertSpec, DMDConfig, TrainConfig, preset
