@@ -229,6 +229,9 @@ class TrainConfig(_Config):
     ``plateau_patience``) and early stopping (``early_stop`` epochs) on the validation
     L1 loss. ``max_epochs`` bounds the run for tutorials (None: early stopping only).
 
+    ``valid_loss_decimals``: the validation loss is rounded to this many decimals before it steps the
+    schedule and is compared with the best so far, as the reference does (4; None compares the unrounded loss).
+
     Beyond the recipe: ``leftover_step`` lets the last, incomplete group of mini-batches
     of an epoch take an optimizer step (the reference drops it; False reproduces that);
     ``eval_batch_size`` for validation and test (None: ``batch_size``); ``precision``:
@@ -250,6 +253,7 @@ class TrainConfig(_Config):
     plateau_patience: int = 5
     plateau_factor: float = 0.5
     early_stop: int = 10
+    valid_loss_decimals: int | None = 4  # the reference's round(loss, 4) before scheduling and early stopping
     max_epochs: int | None = None
     seeds: tuple[int, ...] = (1111, 1112, 1113, 1114, 1115)
     leftover_step: bool = True
@@ -269,6 +273,14 @@ class TrainConfig(_Config):
         for name in ("batch_size", "accumulation", "early_stop"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name}: expected a positive integer, found {getattr(self, name)!r}")
+        if self.valid_loss_decimals is not None and (
+            isinstance(self.valid_loss_decimals, bool)
+            or not isinstance(self.valid_loss_decimals, int)
+            or self.valid_loss_decimals < 0
+        ):
+            raise ValueError(
+                f"TrainConfig.valid_loss_decimals: expected None or an integer >= 0, found {self.valid_loss_decimals!r}"
+            )
         if self.max_epochs is not None and self.max_epochs < 1:
             raise ValueError(f"TrainConfig.max_epochs: expected None or >= 1, found {self.max_epochs!r}")
         if self.precision not in PRECISIONS:

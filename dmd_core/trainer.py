@@ -506,10 +506,12 @@ class Trainer:
                 raise NonFiniteLossError(
                     f"non-finite validation loss at epoch {self.epoch}; {last_file} still holds epoch {self.epoch - 1}"
                 )
-            self.scheduler.step(valid_loss)
-            improved = valid_loss <= self.best_valid - MIN_DELTA
+            decimals = self.tcfg.valid_loss_decimals  # the reference rounds (4) before scheduling and comparing
+            decided = valid_loss if decimals is None else round(valid_loss, decimals)
+            self.scheduler.step(decided)
+            improved = decided <= self.best_valid - MIN_DELTA
             if improved:
-                self.best_valid, self.best_epoch = valid_loss, self.epoch
+                self.best_valid, self.best_epoch = decided, self.epoch
             self.model_is_best = improved
             row.update(time_s=time.perf_counter() - start, steps=self.steps, best=int(improved),
                        best_valid_loss=self.best_valid)  # fmt: skip

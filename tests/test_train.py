@@ -167,9 +167,9 @@ def test_stop_then_resume_equals_one_uninterrupted_run(tmp_path):
     cfg = tiny_config()
     ds = tiny_dataset(cfg)
     tc = _plateau_recipe()
-    full = train(cfg, ds, tc, tmp_path / "full", seed=2, progress=False)
-    train(cfg, ds, tc.replace(max_epochs=2), tmp_path / "part", seed=2, progress=False)
-    resumed = train(cfg, ds, tc, tmp_path / "part", seed=2, resume=True, progress=False)
+    full = train(cfg, ds, tc, tmp_path / "full", seed=1, progress=False)
+    train(cfg, ds, tc.replace(max_epochs=2), tmp_path / "part", seed=1, progress=False)
+    resumed = train(cfg, ds, tc, tmp_path / "part", seed=1, resume=True, progress=False)
     lrs = [row["lr"] for row in full.history]
     trajectory = [(round(h["valid_loss"], 4), h["lr"]) for h in full.history]
     assert len(set(lrs)) > 1, f"the scheduler should have acted: (valid loss, lr) {trajectory}"
@@ -313,7 +313,7 @@ def test_history_records_every_loss_part_metric_lr_time_and_edge(tmp_path):
 def test_test_split_is_scored_once_with_the_best_weights(tmp_path, epochs):
     cfg = tiny_config()
     ds = tiny_dataset(cfg)
-    result = train(cfg, ds, _plateau_recipe().replace(max_epochs=epochs), tmp_path / "run", seed=2, progress=False)
+    result = train(cfg, ds, _plateau_recipe().replace(max_epochs=epochs), tmp_path / "run", seed=3, progress=False)
     assert (result.best_epoch == result.epochs) == (epochs == 1)
     run = load_run(tmp_path / "run")
     best = load_model(run, "best")

@@ -69,12 +69,26 @@ def _parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def _decimals(text: str) -> int | None:
+    """``--valid-loss-decimals``: an integer >= 0, or ``none``."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'none', found {text!r}")
+    return value
+
+
 def _train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     base = TrainConfig()
     return base.replace(
         batch_size=args.batch_size, lr=args.lr, accumulation=args.accumulation, grad_clip=args.grad_clip,
         plateau_patience=args.patience, early_stop=args.early_stop, max_epochs=args.max_epochs,
         seeds=tuple(args.seeds), leftover_step=not args.no_leftover_step, eval_batch_size=args.eval_batch_size,
+        valid_loss_decimals=args.valid_loss_decimals,
         precision=args.precision, tf32=not args.no_tf32, compile=args.compile,
         overlap={"auto": None, "on": True, "off": False}[args.overlap],
     )  # fmt: skip
@@ -238,6 +252,10 @@ def add_cli(subparsers) -> None:
     p.add_argument(
         "--eval-batch-size", type=int, default=None, help="batch size for validation and test (default: --batch-size)"
     )
+    p.add_argument("--valid-loss-decimals", type=_decimals, default=d.valid_loss_decimals, metavar="N|none",
+                   help="round the validation loss to N decimals before the learning-rate schedule and early "
+                        "stopping see it, as the reference does; 'none' compares the unrounded loss "
+                        f"(default {d.valid_loss_decimals})")  # fmt: skip
     p.add_argument("--no-leftover-step", action="store_true",
                    help="drop the gradients of the last, incomplete group of mini-batches of each epoch, as the "
                         "reference does (default: they take an optimizer step)")  # fmt: skip
