@@ -182,7 +182,7 @@ def count_flops(model, batch, precision: str | bool, train: bool) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from . import kernels
-    from .devices import autocast
+    from .precision import autocast
 
     device = batch.labels.device
     model.eval()
@@ -204,8 +204,9 @@ def peak_rss_bytes() -> int:
 
 def run_benchmark(setting: BenchSetting) -> dict[str, Any]:
     """Measure ``setting``; returns the result record (also what :func:`record` writes)."""
-    from .devices import pick_device, resolve_precision, use_cuda_device
+    from .devices import pick_device, use_cuda_device
     from .evaluation import predict
+    from .precision import resolve_precision
     from .trainer import Trainer
 
     if setting.threads:
@@ -233,7 +234,6 @@ def run_benchmark(setting: BenchSetting) -> dict[str, Any]:
             _sync(device)
             return time.perf_counter() - start
 
-        overlap = trainer.gradients.overlap
         warmup = timed(trainer.train_epoch)
         train_times = [timed(trainer.train_epoch) for _ in range(setting.windows)]
         evaluate = lambda: predict(trainer.model, dataset["test"], device, batch_size=setting.batch_size,  # noqa: E731
@@ -247,7 +247,6 @@ def run_benchmark(setting: BenchSetting) -> dict[str, Any]:
     return {
         "setting": asdict(setting) | {"name": setting.name, "threads": torch.get_num_threads()},
         "precision": precision,  # what the setting's precision meant on this device
-        "overlap": overlap,  # TrainConfig.overlap's auto rule: backward passes on a second CPU thread
         "train_samples_per_s": train_sps,
         "train_window_s": train_times,
         "warmup_s": warmup,

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from .config import MODALITIES
-from .devices import autocast
 from .distill import EDGE_NAMES
 from .metrics import regression_metrics
 from .model import DMD
+from .precision import autocast
 
 if TYPE_CHECKING:
     import pandas as pd

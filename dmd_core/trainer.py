@@ -4,24 +4,14 @@
 
     result = train(model_config, "mosi.pkl", TrainConfig(max_epochs=20), "runs/mosi", seed=1111)
 
-Evaluation lives in :mod:`dmd_core.evaluation`, run folders in :mod:`dmd_core.runs`.
-
-The recipe (the book's method reference, "Training recipe"): Adam (lr 1e-4, no weight decay; :mod:`dmd_core.optim`
-computes exactly what ``torch.optim.Adam`` does, without its start-up cost) over the model and both
-GD-Units; each mini-batch's loss (not divided) is back-propagated into the running sum of
-gradients, which is clipped by value (0.6) after every backward; every 10 mini-batches the
-optimizer steps. ReduceLROnPlateau (factor 0.5, patience 5) and early stopping (10 epochs
-without a validation loss lower by 1e-6) both watch the validation L1 loss, computed once
-per epoch. The test split is evaluated once, at the end, with the best-validation weights.
-
-Where we differ from the reference, on purpose (the book's method reference, "Training recipe",
-and the README list each): the leftover mini-batches of an epoch take an optimizer step
-(``TrainConfig(leftover_step=False)``: the reference's drop); metrics are computed without
-autograd graphs; validation and test are not shuffled; the test split is evaluated once, with the
-best-validation weights; only the best and last checkpoints are kept; ``max_epochs`` bounds a run; the
-gradients of the GD-Units are clipped with the model's.
-
-The columns of ``history.csv`` are listed in :mod:`dmd_core.runs`.
+The recipe (the book's method reference, "Training recipe"; the numbers are :class:`TrainConfig`'s
+defaults): ``torch.optim.Adam`` over the model and both GD-Units; each mini-batch's loss (not divided) is
+back-propagated into the running sum of gradients, which is clipped by value after every backward; every
+``accumulation`` mini-batches the optimizer steps. ``ReduceLROnPlateau`` and early stopping watch the
+validation L1 loss, computed once per epoch; the test split is evaluated once, at the end, with the
+best-validation weights. Where we differ from the reference, on purpose: the book's method reference,
+"Where we differ from the reference". Evaluation lives in :mod:`dmd_core.evaluation`, run folders (and
+the columns of ``history.csv``) in :mod:`dmd_core.runs`, several seeds in :mod:`dmd_core.seeds`.
 
 Determinism: one seed fixes the initial weights (Python, numpy, torch seeded), the dropout
 masks and the shuffling (a CPU ``torch.Generator`` of the run: the same order on every device;
@@ -29,11 +19,9 @@ the permutation goes to the GPU once per epoch, not once per mini-batch). ``last
 RNG state, so a resumed run continues exactly where it stopped: on CPU, resuming gives the same
 numbers, bit for bit, as a run that was never interrupted.
 
-Precision (``TrainConfig.precision``): ``fp32`` is the recipe; ``bf16`` and ``fp16`` run the
-model under autocast (``auto``: bf16 on GPUs with bf16 units, fp16 on older ones such as
-Colab's T4, fp32 on CPU). Labels, losses, metrics and the early-stopping comparison stay
-float32. fp16's gradient scaler keeps the recipe's clipping exact: see
-:class:`~dmd_core.devices.GradientSteps`.
+Precision (``TrainConfig.precision``, :mod:`dmd_core.precision`): ``fp32`` is the recipe; ``bf16`` and
+``fp16`` run the model under autocast. Labels, losses, metrics and the early-stopping comparison stay
+float32; fp16's gradient scaler keeps the recipe's clipping exact (:func:`~dmd_core.precision.clip_gradients`).
 
 Non-finite losses: each step records, on the device, whether the loss is finite. On CPU it is
 checked before every optimizer step; on CUDA (where a check is a host synchronisation) and
@@ -46,7 +34,7 @@ wrapped in ``DistributedDataParallel`` (NCCL on GPUs, gloo on CPU); each rank tr
 shard of the shuffled train split (padded to equal length, as ``DistributedSampler`` does);
 gradients are averaged over ranks at every backward, so the replicas stay identical. Rank 0
 validates, tests and writes every file; the validation loss is broadcast so that every rank
-takes the same scheduling and stopping decisions. Several seeds: :mod:`dmd_core.seeds`.
+takes the same scheduling and stopping decisions.
 """
 
 from __future__ import annotations
@@ -54,8 +42,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import closing, nullcontext
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,40 +55,26 @@ from tqdm.auto import tqdm
 from . import runs
 from .config import DMDConfig, TrainConfig
 from .data import data_reference, open_dataset
-from .devices import (
-    DistInfo,
-    GradientSteps,
-    TextAhead,
-    autocast,
-    configure_cuda,
-    init_distributed,
-    pick_device,
-    place_dataset,
-    resolve_overlap,
-    resolve_precision,
-    rng_state,
-    seed_everything,  # fmt: skip
-    set_rng_state,
-    use_cuda_device,
-)
+from .devices import DistInfo, configure_cuda, init_distributed, pick_device, place_dataset, use_cuda_device
 from .distill import EDGE_NAMES
+from .epoch_stats import PARTS, EpochStats
 from .evaluation import predict
 from .evaluation import scores as evaluation_scores
-from .losses import LossParts, total_loss
+from .losses import total_loss
 from .metrics import METRIC_NAMES
-from .model import DMD, DMDOutput
-from .optim import Adam, ReduceLROnPlateau
+from .model import DMD
+from .precision import autocast, clip_gradients, grad_scaler, resolve_precision
+from .rng import rng_state, seed_everything, set_rng_state
 
 if TYPE_CHECKING:
     from .data import MMSADataset
 
 log = logging.getLogger(__name__)
 
-PARTS = tuple(f.name for f in LossParts.__dataclass_fields__.values())  # total, task, recon, ...
 # The model's improvement must exceed this for early stopping to count it (the reference's).
 MIN_DELTA = 1e-6
 
-__all__ = ["train", "RunResult", "NonFiniteLossError", "Trainer", "EpochStats"]
+__all__ = ["train", "RunResult", "NonFiniteLossError", "Trainer", "EpochStats", "PARTS"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -137,68 +110,6 @@ def unused_parameters(model: DMD) -> list[nn.Parameter]:
     if model.text_encoder is not None and not model.text_encoder.finetune:
         unused += list(model.text_encoder.parameters())
     return unused
-
-
-class EpochStats:
-    """One epoch's running sums, kept on the device (no host synchronisation per mini-batch).
-
-    Every loss part, the GD edges summed over samples, and the first mini-batch whose loss was
-    not finite (with its loss parts), for the trainer's non-finite check.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.sums = torch.zeros(len(PARTS), device=device)
-        self.edges = torch.zeros(2, 6, device=device)  # homo, hetero
-        self.counts = torch.zeros(2, device=device)  # mini-batches, samples
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
-        self.bad_parts = torch.zeros(len(PARTS), device=device)
-
-    def add(self, index: int, parts: LossParts, out: DMDOutput) -> None:
-        values = torch.stack([v.float() for v in parts.detached().values()])  # (len(PARTS),)
-        self.sums += values
-        newly_bad = (~torch.isfinite(values).all()) & (self.first_bad < 0)
-        self.first_bad = torch.where(newly_bad, torch.full_like(self.first_bad, index), self.first_bad)
-        self.bad_parts = torch.where(newly_bad, values, self.bad_parts)
-        self.edges[0] += out.homo_graph.edges.detach().float().sum(1)
-        self.edges[1] += out.hetero_graph.edges.detach().float().sum(1)
-        self.counts += torch.tensor([1.0, out.prediction.shape[0]], device=self.counts.device)
-
-    def all_reduce(self) -> None:
-        """Sum over DDP ranks; the first bad mini-batch is this rank's, else any other rank's."""
-        for t in (self.sums, self.edges, self.counts):
-            dist.all_reduce(t)
-        any_bad = self.first_bad.clone()
-        dist.all_reduce(any_bad, op=dist.ReduceOp.MAX)
-        self.first_bad = torch.where(self.first_bad >= 0, self.first_bad, any_bad)
-
-    def first_non_finite(self) -> tuple[int, dict[str, float]]:
-        """``(mini-batch index, {part: value})`` of the first non-finite loss, or ``(-1, {})``."""
-        step = int(self.first_bad)
-        if step < 0:
-            return step, {}
-        values = zip(PARTS, self.bad_parts.cpu().tolist())
-        return step, {p: v for p, v in values if not math.isfinite(v)}
-
-    def row(self) -> dict[str, float]:
-        """``train_<part>`` (mean over mini-batches) and ``train_<unit>_<edge>`` (mean over samples)."""
-        sums, edges, (n_batches, n_samples) = self.sums.tolist(), self.edges.tolist(), self.counts.tolist()
-        row = {f"train_{p}": s / n_batches for p, s in zip(PARTS, sums)}
-        for unit, unit_edges in zip(("homo", "hetero"), edges):
-            row.update({f"train_{unit}_{e}": s / n_samples for e, s in zip(EDGE_NAMES, unit_edges)})
-        return row
-
-
-def _with_next(items: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
-    """``(item, next item)`` pairs, the last with None."""
-    it = iter(items)
-    current = next(it, _END)
-    while current is not _END:
-        upcoming = next(it, _END)
-        yield current, None if upcoming is _END else upcoming
-        current = upcoming
-
-
-_END = object()
 
 
 class Trainer:
@@ -242,19 +153,12 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(self.seed)  # train shuffling
         self.forward = self._wrap(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = Adam(self.params, lr=train_config.lr)  # torch.optim.Adam's numbers (dmd_core.optim)
-        self.scheduler = ReduceLROnPlateau(
+        self.optimizer = torch.optim.Adam(self.params, lr=train_config.lr)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="min", factor=train_config.plateau_factor, patience=train_config.plateau_patience
         )
-        encoder = self.model.text_encoder
-        overlap = resolve_overlap(train_config.overlap, self.device, self.precision, self.dist.enabled,
-                                  train_config.compile, model_config.aligned, encoder is not None,
-                                  train_config.accumulation, bert_seeded=encoder is None or encoder.seeded)  # fmt: skip
-        # With BERT, overlap runs BERT's forward pass ahead (TextAhead); without, the backward passes beside.
-        self.text_ahead = overlap and encoder is not None
-        above = [p for p in self.model.parameters_above_seam() if p.requires_grad]
-        self.gradients = GradientSteps(self.params, self.optimizer, self.device, self.precision, train_config.grad_clip,
-                                       overlap and not self.text_ahead, above)  # fmt: skip
+        self.scaler = grad_scaler(self.device, self.precision)  # enabled for fp16 only
+        self.found_inf = torch.zeros((), device=self.device)  # fp16: clip_gradients records an overflow here
         self.epoch = 0  # completed epochs
         self.steps = 0  # optimizer steps
         self.best_valid, self.best_epoch = math.inf, 0
@@ -287,7 +191,6 @@ class Trainer:
             "world_size": self.dist.world_size,
             "device": str(self.device),
             "precision": self.precision,
-            "overlap": self.gradients.overlap,
             "torch": torch.__version__,
         }
 
@@ -304,7 +207,7 @@ class Trainer:
             "history": self.history,
             "rng": rng_state(self.device),
             "generator": self.generator.get_state(),
-            "scaler": self.gradients.scaler.state_dict(),  # empty unless fp16
+            "scaler": self.scaler.state_dict(),  # empty unless fp16
             "seed": self.seed,
         }
 
@@ -320,8 +223,8 @@ class Trainer:
         self.history = list(state["history"])
         set_rng_state(state["rng"], self.device)
         self.generator.set_state(state["generator"])
-        if self.gradients.scaler.is_enabled() and state.get("scaler"):
-            self.gradients.scaler.load_state_dict(state["scaler"])
+        if self.scaler.is_enabled() and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
 
     def _assert_finite_weights(self, what: str) -> None:
         params = list(self.model.named_parameters())
@@ -347,41 +250,36 @@ class Trainer:
         return split.subset(shard).batches(bs, shuffle=False, device=self.device), math.ceil(len(shard) / bs)
 
     def train_epoch(self) -> dict[str, float]:
-        """One pass over the train split: the recipe's accumulate, clip, step. Returns the epoch's means."""
+        """One pass over the train split: the recipe's accumulate, clip, step. Returns the epoch's means.
+
+        The gradients of ``accumulation`` mini-batches add up (each loss back-propagated as it is, not
+        divided), the running sum is clipped by value after every backward, then the optimizer steps.
+        The scaler's calls are those of PyTorch's mixed-precision examples; for fp32 and bf16 the scaler
+        is disabled and each is the plain call (``scale(loss)`` is ``loss``, ``step`` is ``optimizer.step()``).
+        """
         epoch = self.epoch + 1
         self.model_is_best = False
         self.forward.train()
-        acc = self.tcfg.accumulation
+        optimizer, scaler, acc = self.optimizer, self.scaler, self.tcfg.accumulation
         batches, n_batches = self._train_batches()
         stats = EpochStats(self.device)
         check_each_step = self.device.type != "cuda" and not self.dist.enabled  # a check is free on CPU
-        if self.model.text_encoder is not None:  # BERT's dropout masks: the same whichever thread draws them
-            self.model.text_encoder.seed_dropout(self.seed, passes=(epoch - 1) * n_batches)
         bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch}", leave=False, disable=not self.progress)
-        # With TrainConfig.overlap: backward passes on a second thread, or with BERT its forward passes ahead.
-        ahead = TextAhead(self.model.text_encoder) if self.text_ahead else None
-        with self.gradients.epoch(), closing(ahead) if ahead is not None else nullcontext():
-            for i, (batch, upcoming) in enumerate(_with_next(bar)):
-                if i % acc == 0:
-                    self.gradients.zero_grad()
-                seam = self.gradients.seam()  # with overlap: the backward pass is split there (devices.Seam)
-                features = None
-                if ahead is not None:  # BERT's output; the next mini-batch's starts unless a step comes first
-                    coming = upcoming.text if upcoming is not None and (i + 1) % acc else None
-                    features = ahead.features(batch.text, coming)
-                with autocast(self.device, self.precision):
-                    out = self.forward(batch.text, batch.audio, batch.vision, seam=seam, text_features=features)
-                    parts = total_loss(self.model, out, batch.labels)  # float32 whatever the precision
-                self.gradients.backward(parts.total, seam)  # summed over the group: the loss is not divided by `acc`
-                if ahead is not None:
-                    ahead.backward()
-                self.gradients.clip(seam)  # on the running sum, after every backward
-                stats.add(i, parts, out)
-                if (i + 1) % acc == 0 or (i == n_batches - 1 and self.tcfg.leftover_step):
-                    if check_each_step:
-                        self._raise_if_bad(epoch, stats)
-                    self.gradients.step()
-                    self.steps += 1
+        for i, batch in enumerate(bar):
+            if i % acc == 0:  # a new group of mini-batches
+                optimizer.zero_grad(set_to_none=True)
+            with autocast(self.device, self.precision):
+                out = self.forward(batch.text, batch.audio, batch.vision)
+                parts = total_loss(self.model, out, batch.labels)  # float32 whatever the precision
+            scaler.scale(parts.total).backward()  # adds to the group's gradients: the loss is not divided by `acc`
+            clip_gradients(self.params, self.tcfg.grad_clip, scaler, self.found_inf)  # the running sum, every time
+            stats.add(i, parts, out)
+            if (i + 1) % acc == 0 or (i == n_batches - 1 and self.tcfg.leftover_step):
+                if check_each_step:
+                    self._raise_if_bad(epoch, stats)
+                scaler.step(optimizer)  # fp16: unscales once, skips the step after an overflow
+                scaler.update()
+                self.steps += 1
         bar.close()
         if self.dist.enabled:  # every rank must stop if any rank saw a non-finite loss
             stats.all_reduce()

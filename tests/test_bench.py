@@ -42,7 +42,6 @@ def test_a_run_measures_throughput_memory_and_mfu(result):
     assert 0 < result["train_mfu"] < 1 and result["peak_flops"] > 1e9
     assert {"cpu", "torch", "commit", "date", "cpu_attention"} <= result["machine"].keys()
     assert result["machine"]["cpu_attention"] in ("compiled", "pytorch tiling")
-    assert result["overlap"] is False  # one thread: TrainConfig.overlap's auto rule leaves it off
 
 
 def test_record_writes_json_and_appends_one_row_per_run(result, tmp_path):
@@ -184,19 +183,3 @@ def test_the_attention_benchmark_times_one_map_and_appends_a_row(tmp_path):
     assert "MOSEI aligned 46x46 (dropout 0.4): train sdpa" in done.stdout
     rows = [line for line in results.read_text().splitlines() if line.startswith("| 20")]
     assert len(rows) == 1 and "| MOSEI aligned 46x46 | 0.4 | 1 |" in rows[0]
-
-
-def test_the_overlap_benchmark_runs_each_mode_and_appends_a_row(tmp_path):
-    """Fresh processes per mode (aligned: two threads per op, overlap without and with the seam; BERT: two threads
-    per op, BERT ahead); each reports which mode ran."""
-    results = tmp_path / "overlap.md"
-    script = BENCHMARKS / "bench_overlap.py"
-    done = subprocess.run([sys.executable, str(script), "--repeats", "1", "--epochs", "1", "--batches", "2",
-                           "--settings", "aligned,bert", "--results", str(results)], capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    lines = results.read_text().splitlines()
-    aligned = [line for line in lines if line.startswith("| aligned |")]
-    assert len(aligned) == 1 and aligned[0].count("x (") == 2 and "BERT ahead" not in aligned[0]
-    bert = [line for line in lines if line.startswith("| bert |")]
-    assert len(bert) == 1 and bert[0].count("x (") == 1 and "overlap: BERT ahead" in bert[0]

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dmd_core import devices
+from dmd_core import precision as amp
 from dmd_core.cli import build_parser
 from dmd_core.config import TrainConfig
 from dmd_core.losses import total_loss
@@ -42,7 +42,7 @@ def test_autocast_runs_the_model_low_and_keeps_labels_and_every_loss_in_float32(
     kept = labels.clone()
     torch.manual_seed(0)
     model = DMD(cfg).train()
-    with devices.autocast(torch.device("cpu"), precision):
+    with amp.autocast(torch.device("cpu"), precision):
         out = model(text, audio, vision)
         parts = total_loss(model, out, labels)
     assert out.prediction.dtype == LOW[precision], "autocast was not active"
@@ -60,14 +60,14 @@ def test_autocast_runs_the_model_low_and_keeps_labels_and_every_loss_in_float32(
 
 def test_auto_precision_picks_bf16_fp16_or_fp32_by_device(monkeypatch):
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
-    assert devices.resolve_precision("auto", cpu) == "fp32"
-    assert devices.resolve_precision("bf16", cpu) == "bf16"  # asked for explicitly: CPU autocast
+    assert amp.resolve_precision("auto", cpu) == "fp32"
+    assert amp.resolve_precision("bf16", cpu) == "bf16"  # asked for explicitly: CPU autocast
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: not including_emulation)
-    assert devices.resolve_precision("auto", gpu) == "bf16"
+    assert amp.resolve_precision("auto", gpu) == "bf16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
-    assert devices.resolve_precision("auto", gpu) == "fp16"  # a T4: bf16 only emulated
+    assert amp.resolve_precision("auto", gpu) == "fp16"  # a T4: bf16 only emulated
     with pytest.raises(ValueError, match="precision"):
-        devices.resolve_precision("fp8", cpu)
+        amp.resolve_precision("fp8", cpu)
     with pytest.raises(ValueError, match="precision"):
         TrainConfig(precision="half")
 
@@ -91,13 +91,13 @@ def test_an_fp16_epoch_trains_through_the_gradient_scaler_and_clips_the_unscaled
     trainer = Trainer(cfg, tiny_dataset(cfg, sizes=(24, 8, 8)), tc, tmp_path, seed=1, device="cpu", progress=False,
                       distributed=False)  # fmt: skip
     assert (
-        trainer.gradients.scaler.is_enabled()
+        trainer.scaler.is_enabled()
         and trainer.precision == "fp16"
-        and trainer.gradients.scaler.get_scale() == 2.0**16
+        and trainer.scaler.get_scale() == 2.0**16
     )
     # With 2**16 the first steps of this tiny model overflow in fp16 and are skipped, as they should be;
     # a smaller scale takes every step here.
-    trainer.gradients.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     seen = _clip_spy(trainer)
     row = trainer.train_epoch()
@@ -105,7 +105,7 @@ def test_an_fp16_epoch_trains_through_the_gradient_scaler_and_clips_the_unscaled
     assert len(seen) == 2 and trainer.steps == 2  # 6 mini-batches, groups of 3
     # Clipped by value at 0.6 * scale on the scaled gradients = at 0.6 on the true ones; active here.
     assert all(m == pytest.approx(1e-3, rel=1e-5) for m in seen), seen
-    assert trainer.gradients.scaler.get_scale() == 2.0**8  # no overflow: the scale stays
+    assert trainer.scaler.get_scale() == 2.0**8  # no overflow: the scale stays
     changed = [k for k, v in trainer.model.state_dict().items() if not torch.equal(v, before[k])]
     assert len(changed) > len(before) // 2
 
@@ -115,7 +115,7 @@ def test_an_fp16_overflow_skips_the_step_even_though_clipping_would_hide_it(tmp_
     tc = TrainConfig(batch_size=4, accumulation=2, grad_clip=0.6, precision="fp16")
     trainer = Trainer(cfg, tiny_dataset(cfg, sizes=(8, 8, 8)), tc, tmp_path, seed=1, device="cpu", progress=False,
                       distributed=False)  # fmt: skip
-    trainer.gradients.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)  # no overflow of its own (see above)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)  # no overflow of its own (see above)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     fired = []
 
@@ -128,7 +128,7 @@ def test_an_fp16_overflow_skips_the_step_even_though_clipping_would_hide_it(tmp_
     trainer.model.final_head.out.weight.register_hook(overflow)
     trainer.train_epoch()
     assert fired
-    assert trainer.gradients.scaler.get_scale() == 2.0**7, "the scaler did not see the overflow"
+    assert trainer.scaler.get_scale() == 2.0**7, "the scaler did not see the overflow"
     assert all(torch.equal(v, before[k]) for k, v in trainer.model.state_dict().items()), "a step was taken"
 
 

@@ -18,13 +18,14 @@ import torch
 from dmd_core import runs
 from dmd_core.config import TrainConfig
 from dmd_core.data import Split
-from dmd_core.devices import pick_device, seed_everything
+from dmd_core.devices import pick_device
 from dmd_core.distill import EDGE_NAMES
 from dmd_core.evaluation import evaluate, missing_modality_table
 from dmd_core.export import load_model
 from dmd_core.losses import total_loss
 from dmd_core.metrics import METRIC_NAMES
 from dmd_core.model import DMD
+from dmd_core.rng import seed_everything
 from dmd_core.runs import load_run
 from dmd_core.trainer import PARTS, NonFiniteLossError, train, unused_parameters
 
