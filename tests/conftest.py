@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,26 @@ def tiny_bert_text(cfg: DMDConfig, batch: int, vocab: int = 50, seed: int = 2) -
 @pytest.fixture(params=FIXTURE_NAMES)
 def fixture(request) -> dict:
     return load_fixture(request.param)
+
+
+_CONNECTS: list[object] | None = None  # while a test's `connections` fixture is active: every socket.connect address
+
+
+def _count_connects(event: str, args: tuple) -> None:
+    if _CONNECTS is not None and event == "socket.connect":
+        _CONNECTS.append(args[1])
+
+
+sys.addaudithook(_count_connects)  # audit hooks cannot be removed: it records only inside the fixture below
+
+
+@pytest.fixture
+def connections() -> list[object]:
+    """The addresses of every ``socket.connect`` the test makes (Python's audit events): "fails at once" is
+    checked as "at most one connection attempt", not with a clock that a busy machine would fail."""
+    global _CONNECTS
+    _CONNECTS = []
+    try:
+        yield _CONNECTS
+    finally:
+        _CONNECTS = None

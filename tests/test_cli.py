@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import time
 
 import pytest
 import torch
@@ -120,15 +119,14 @@ def test_dmd_test_scores_a_reference_checkpoint(synth_file, tmp_path):
     assert got == pytest.approx(want)
 
 
-def test_unavailable_bert_fails_at_once_with_what_to_do(synth_file, tmp_path, monkeypatch, caplog):
+def test_unavailable_bert_fails_at_once_with_what_to_do(synth_file, tmp_path, monkeypatch, caplog, connections):
     # No network in CI either way; point the hub at a closed local port so this never depends on one.
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    start = time.perf_counter()
     with caplog.at_level(logging.ERROR):
         code = dmd("train", "--data", synth_file, "--bert", "bert-base-uncased", "--out", tmp_path / "r", *TINY)
-    elapsed = time.perf_counter() - start
-    assert code == 2 and elapsed < 15
+    assert code == 2
+    assert connections == [("127.0.0.1", 9)]  # one probe of the hub, no download retries
     assert "local folder" in caplog.text and "stored" in caplog.text and "text features" in caplog.text
     assert not (tmp_path / "r").exists()
 

@@ -7,7 +7,6 @@ fails at once offline, and folders written before keep loading (same files).
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
@@ -93,22 +92,19 @@ def test_a_model_with_bert_keeps_bert_in_the_same_folder_and_loads_without_it(tm
         assert torch.equal(a, b), name
 
 
-def test_a_hub_id_without_network_fails_at_once_and_says_so(tmp_path, monkeypatch):
+def test_a_hub_id_without_network_fails_at_once_and_says_so(tmp_path, monkeypatch, connections):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    start = time.perf_counter()
     with pytest.raises(ModelUnavailableError, match="cannot be reached"):
         DMD.from_pretrained("someone/dmd-mosi")
-    assert time.perf_counter() - start < 5
     with pytest.raises(FileNotFoundError, match="no such folder"):
         DMD.from_pretrained(str(tmp_path / "missing" / "folder"))
     model = DMD(tiny_config())
-    start = time.perf_counter()
     with pytest.raises(ModelUnavailableError, match="push to 'someone/dmd-mosi'.*cannot be reached"):
         model.push_to_hub("someone/dmd-mosi")
     with pytest.raises(ModelUnavailableError, match="cannot be reached"):
         model.save_pretrained(tmp_path / "pushed", push_to_hub=True, repo_id="someone/dmd-mosi")
-    assert time.perf_counter() - start < 5
+    assert connections == []  # offline: not one connection attempt, so no retries either
 
 
 def test_save_pretrained_writes_the_three_files_and_keeps_a_card_already_there(tmp_path):
