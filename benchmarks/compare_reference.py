@@ -17,14 +17,6 @@ neighbouring measurements compare). Two kinds of measurement:
   ``benchmarks/reference_runner.py ours`` (the ``dmd train`` path with ``Trainer.train_epoch``
   timed the same way).
 
-For the BERT setting there is also a bound: our train loop's runner then times one mini-batch's
-parts at one thread (``reference_runner.py ours --parts``: BERT's forward pass, the rest of the
-model's forward and backward, BERT's backward), and the row "two-core bound" sets the
-reference's train-loop milliseconds per mini-batch against half of that one-thread work: the
-train-loop ratio ours would reach if both cores ran that work without any loss (clipping and the
-optimizer step left out, so the bound errs high). BERT is the same Hugging Face code on both
-sides, so the bound says how far any scheduling of our step could go.
-
 The BERT setting gives both sides the same saved random BERT folder (``transformers.BertModel``
 of ``BertConfig(num_hidden_layers=2, hidden_size=768)`` and a small WordPiece tokenizer): the
 reference loads its text encoder with ``from_pretrained(folder)``, so nothing is downloaded.
@@ -102,13 +94,6 @@ METRICS = {
     "wall_s": ("whole-process wall s", False),
     "peak_rss_mb": ("whole-process peak RSS MB", False),
 }
-# The BERT setting's extra row: reference ms per train mini-batch vs half of our one-thread ms of work per mini-batch.
-BOUND = {"two_core_bound_ms": ("two-core bound: reference ms per mini-batch vs half our one-thread work", False)}
-
-
-def metric_labels(setting: Setting) -> dict[str, tuple[str, bool]]:
-    """The metrics a setting reports: ``METRICS``, and ``BOUND`` for the BERT setting."""
-    return {**METRICS, **BOUND} if setting.bert else METRICS
 
 
 # ----------------------------------------------------------------------------- pure parts
@@ -149,7 +134,7 @@ def summarize(reference: list[float], ours: list[float], higher_is_better: bool)
 def markdown_rows(setting: Setting, n_train: int, metrics: dict[str, dict[str, Any]]) -> list[str]:
     """One table row per metric of a setting."""
     rows = []
-    for key, (label, _) in metric_labels(setting).items():
+    for key, (label, _) in METRICS.items():
         m = metrics[key]
         rows.append(f"| {setting.name} | {n_train} | {label} | {m['reference_median']:.2f} | {m['ours_median']:.2f} "
                     f"| {m['ratio_median']:.2f}x | {m['ratio_min']:.2f}-{m['ratio_max']:.2f}x |")  # fmt: skip
@@ -188,16 +173,6 @@ def measure(cmd: list[str], env: dict[str, str], cwd: Path) -> dict[str, Any]:
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
     return {"wall_s": round(wall, 3), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
             "report": json.loads(lines[-1]) if lines else None}  # fmt: skip
-
-
-def bound_ms(side: str, loop: dict[str, Any]) -> float:
-    """The two-core bound's value from a train-loop report: the reference's ms per train mini-batch
-    (mean over its epochs), or half of our one-thread ms of work per mini-batch (``parts_ms``)."""
-    if side == "reference":
-        return 1e3 * sum(loop["train_loop_s"]) / (len(loop["train_loop_s"]) * loop["mini_batches"])
-    if "parts_ms" not in loop:
-        raise RuntimeError(f"ours: the train-loop report has no parts_ms (run with --parts): {loop}")
-    return sum(loop["parts_ms"].values()) / 2
 
 
 def failure(cmd: list[str], code: int, stderr: str) -> RuntimeError:
@@ -283,9 +258,8 @@ def compare_setting(setting: Setting, dataset: str, ref: Path, n_train: int, n_e
     reference_cmd = [sys.executable, str(RUNNER), "reference", "--reference", str(ref), "--dataset", dataset,
                      *common, *text,
                      *([] if setting.aligned else ["--unaligned"])]  # fmt: skip
-    loop_cmd = [sys.executable, str(RUNNER), "ours", *common, *text, *(["--parts"] if setting.bert else [])]
-    labels = metric_labels(setting)
-    values: dict[str, dict[str, list[float]]] = {side: {key: [] for key in labels} for side in SIDES}
+    loop_cmd = [sys.executable, str(RUNNER), "ours", *common, *text]
+    values: dict[str, dict[str, list[float]]] = {side: {key: [] for key in METRICS} for side in SIDES}
     runs: list[dict[str, Any]] = []
     for i, side in alternation(repeats):
         if side == "reference":
@@ -302,14 +276,12 @@ def compare_setting(setting: Setting, dataset: str, ref: Path, n_train: int, n_e
         values[side]["train_samples_per_s"].append(loop["train_samples_per_s"])
         values[side]["wall_s"].append(whole["wall_s"])
         values[side]["peak_rss_mb"].append(whole["peak_rss_mb"])
-        if setting.bert:
-            values[side]["two_core_bound_ms"].append(bound_ms(side, loop))
         runs.append({"repeat": i, "side": side, "whole_process": {k: whole[k] for k in ("wall_s", "peak_rss_mb")},
                      "train_loop": loop})  # fmt: skip
         print(f"  {setting.name} #{i + 1} {side:9s}: {loop['train_samples_per_s']:8.2f} train samples/s, "
               f"whole process {whole['wall_s']:7.1f} s, {whole['peak_rss_mb']:7.0f} MB", flush=True)  # fmt: skip
     metrics = {key: summarize(values["reference"][key], values["ours"][key], higher)
-               for key, (_, higher) in labels.items()}  # fmt: skip
+               for key, (_, higher) in METRICS.items()}  # fmt: skip
     return {"label": setting.title(dataset), "train_samples": n_train, "eval_samples": n_eval,
             "data": "dmd " + shlex.join(synth_args[:-2]), "bert": "2 layers x 768, random" if setting.bert else None,
             "metrics": metrics, "runs": runs}  # fmt: skip
@@ -391,8 +363,7 @@ def main(argv: list[str] | None = None) -> None:
         "order": "reference, ours (dmd train, then the train-loop runner), reference, ours, ...",
         "ours": {"commit": our_commit(),
                  "whole_process": "dmd train --data FILE --max-epochs 1 --seeds 1111 --bert none|DIR --out TMP",
-                 "train_loop": "benchmarks/reference_runner.py ours: Trainer.fit with each Trainer.train_epoch timed"
-                               " (BERT: with --parts, the two-core bound's one-thread parts after the run)"},
+                 "train_loop": "benchmarks/reference_runner.py ours: Trainer.fit with each Trainer.train_epoch timed"},
         "reference": {"path": str(args.reference), **reference_version(ref),
                       "run": "benchmarks/reference_runner.py reference: its run._run, train DataLoader passes timed"},
         "ratios": "how many times better ours is: samples/s ours/reference, wall s and peak RSS reference/ours",
@@ -414,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
     result["total_s"] = round(time.perf_counter() - started, 1)
     json_path, md_path = write_results(result, args.results)
     for name, s in result["settings"].items():
-        for key, (label, _) in metric_labels(SETTINGS[name]).items():
+        for key, (label, _) in METRICS.items():
             if "metrics" not in s:
                 continue
             m = s["metrics"][key]

@@ -18,11 +18,6 @@ Both time each pass over the train split (forward, losses, backward, clipping, o
 no validation, no start-up) and print one JSON line: ``train_loop_s`` per epoch, ``mini_batches``
 per epoch, ``train_samples_per_s``, ``wall_s`` (from the runner's first line to the end: torch
 import included), ``peak_rss_mb`` and the thread count.
-
-``ours --parts`` (with ``--bert``) then also times, at one thread, the parts of one training
-mini-batch with BERT (:func:`bert_step_parts`: BERT's forward pass, the rest of the model's
-forward and backward passes with the losses, BERT's backward pass) and reports them as
-``parts_ms``: the work two cores would share in a step, for ``compare_reference.py``'s bound.
 """
 
 from __future__ import annotations
@@ -34,7 +29,6 @@ import json
 import math
 import os
 import resource
-import statistics
 import sys
 import tempfile
 import time
@@ -166,9 +160,8 @@ def run_reference(ref_dir: Path, data: Path, dataset: str, aligned: bool, bert: 
 # ----------------------------------------------------------------------------- this package
 
 
-def run_ours(data: Path, bert: Path | None, epochs: int, seed: int, parts: bool = False) -> dict[str, Any]:
-    """Train this package on ``data`` as ``dmd train`` does, timing each ``Trainer.train_epoch``;
-    with ``parts``, then :func:`bert_step_parts` of the trained model."""
+def run_ours(data: Path, bert: Path | None, epochs: int, seed: int) -> dict[str, Any]:
+    """Train this package on ``data`` as ``dmd train`` does, timing each ``Trainer.train_epoch``."""
     import dmd_core
     from dmd_core.trainer import Trainer
 
@@ -190,48 +183,7 @@ def run_ours(data: Path, bert: Path | None, epochs: int, seed: int, parts: bool 
         trainer.fit()
         out = {"n_train": len(ds["train"]), "mini_batches": math.ceil(len(ds["train"]) / tcfg.batch_size),
                "train_loop_s": seconds}  # fmt: skip
-        if parts:
-            batch = next(iter(ds["train"].batches(tcfg.batch_size, shuffle=False)))
-            out["parts_ms"] = bert_step_parts(trainer.model, batch)
     return out
-
-
-def bert_step_parts(model: Any, batch: Any, repeats: int = 6) -> dict[str, float]:
-    """Milliseconds (medians of ``repeats`` after one warm-up) of one training mini-batch's parts at one thread.
-
-    ``bert_forward``: the text encoder on the token ids; ``rest``: the model's forward pass given
-    BERT's output (``text_features``), the losses and their backward pass down to that output;
-    ``bert_backward``: BERT's backward pass from that output's gradient. Clipping and the optimizer
-    step (once per accumulation group) are not included. The thread count is restored afterwards.
-    """
-    import torch
-
-    from dmd_core.losses import total_loss
-
-    if model.text_encoder is None:
-        raise ValueError("bert_step_parts: the model has no BERT text encoder (run with --bert)")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    model.train()
-    times: dict[str, list[float]] = {"bert_forward": [], "rest": [], "bert_backward": []}
-    try:
-        for i in range(repeats + 1):
-            t0 = time.perf_counter()
-            hidden = model.text_encoder(batch.text)
-            t1 = time.perf_counter()
-            features = hidden.detach().requires_grad_()
-            out = model(batch.text, batch.audio, batch.vision, text_features=features)
-            total_loss(model, out, batch.labels).total.backward()
-            t2 = time.perf_counter()
-            hidden.backward(features.grad)
-            t3 = time.perf_counter()
-            model.zero_grad(set_to_none=True)
-            if i:  # the first round warms up
-                for key, (a, b) in zip(times, ((t0, t1), (t1, t2), (t2, t3))):
-                    times[key].append((b - a) * 1e3)
-    finally:
-        torch.set_num_threads(threads)
-    return {key: round(statistics.median(v), 1) for key, v in times.items()}
 
 
 # ----------------------------------------------------------------------------- command line
@@ -248,8 +200,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=1111)
-    parser.add_argument("--parts", action="store_true",
-                        help="side 'ours' with --bert: then time a mini-batch's parts at one thread")  # fmt: skip
     args = parser.parse_args(argv)
     import torch
 
@@ -259,13 +209,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.side == "reference":
         if args.reference is None:
             parser.error("side 'reference' needs --reference DIR")
-        if args.parts:
-            parser.error("--parts times our step's parts: side 'ours' only")
         out = run_reference(args.reference.resolve(), data, args.dataset, args.aligned, bert, args.epochs, args.seed)
     else:
-        if args.parts and bert is None:
-            parser.error("--parts times BERT's share of a step: give --bert DIR")
-        out = run_ours(data, bert, args.epochs, args.seed, parts=args.parts)
+        out = run_ours(data, bert, args.epochs, args.seed)
     loop = out["train_loop_s"]
     print(json.dumps({
         "side": args.side, "epochs": len(loop), "n_train": out["n_train"], "mini_batches": out["mini_batches"],
@@ -274,7 +220,6 @@ def main(argv: list[str] | None = None) -> None:
         "wall_s": round(time.perf_counter() - START, 3),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "threads": torch.get_num_threads(),
-        **({"parts_ms": out["parts_ms"]} if "parts_ms" in out else {}),
     }))  # fmt: skip
 
 

@@ -7,8 +7,11 @@ user ever edits a source file. Modality order everywhere is L, V, A.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import InitVar, dataclass, field
 from typing import Any, Literal
+
+log = logging.getLogger(__name__)
 
 MODALITIES: tuple[str, str, str] = ("L", "V", "A")
 # TrainConfig.precision: float32, bf16 or fp16 autocast, or "auto" (the best the device offers).
@@ -238,12 +241,10 @@ class TrainConfig(_Config):
     ``"fp32"`` (the recipe), ``"bf16"`` or ``"fp16"`` autocast (fp16 with a gradient scaler),
     or ``"auto"`` (bf16 on GPUs that have it, fp16 on older GPUs such as Colab's T4, fp32 on
     CPU and MPS); labels, losses and metrics stay float32 whatever the precision; on CUDA,
-    ``tf32`` matmuls; ``compile`` wraps the model in ``torch.compile``; ``overlap``: a second CPU
-    thread runs the backward pass of each mini-batch while the next forward pass runs, or with
-    BERT, BERT's forward pass for the next mini-batch (None: where it pays, see
-    :func:`dmd_core.devices.resolve_overlap`; same numbers as one thread).
+    ``tf32`` matmuls; ``compile`` wraps the model in ``torch.compile``.
     Config files written before ``precision`` existed hold ``bf16: true/false``; :meth:`from_dict`
-    reads them.
+    reads them. Files written while training could overlap on a second CPU thread hold ``overlap``
+    (removed): it is read and ignored.
     """
 
     batch_size: int = 16
@@ -261,7 +262,6 @@ class TrainConfig(_Config):
     precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     tf32: bool = True
     compile: bool = False
-    overlap: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     # Deprecated: TrainConfig(bf16=True/False) means precision="bf16"/"fp32" (not a field, not saved).
     bf16: InitVar[bool | None] = None
@@ -291,4 +291,6 @@ class TrainConfig(_Config):
         if "bf16" in data:  # config.json of runs written before `precision` replaced `bf16`
             bf16 = data.pop("bf16")
             data.setdefault("precision", "bf16" if bf16 else "fp32")
+        if "overlap" in data:  # config.json of runs written while a second CPU thread could train (removed)
+            log.info("TrainConfig: ignoring overlap=%r, a removed setting", data.pop("overlap"))
         return data

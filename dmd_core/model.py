@@ -11,8 +11,7 @@ per-modality layer lives in an ``nn.ModuleDict`` keyed by ``"L"``, ``"V"``,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +23,6 @@ from .hub import DMDHubMixin
 from .kernels import dropout
 from .text_encoder import TextEncoder
 from .transformer import TransformerEncoder
-
-if TYPE_CHECKING:
-    from .devices import Seam
 
 # Layers that earlier versions built although no loss uses them (the reference's projections of s_m, BERT's
 # pooler): their weights, found in older checkpoints, are dropped on load (DMD.load_state_dict).
@@ -111,10 +107,6 @@ class DMDOutput:
         return [self.prediction, *self.homo.logits, *self.hetero.logits, self.logit_c]
 
 
-def _same(x: torch.Tensor) -> torch.Tensor:
-    return x
-
-
 def time_major(x: torch.Tensor) -> torch.Tensor:
     """``(B, d, T) -> (B, T*d)`` with time outermost."""
     return x.transpose(1, 2).reshape(x.shape[0], -1)
@@ -192,10 +184,9 @@ class DMD(nn.Module, DMDHubMixin):
         """``(B, L_t, d_t)`` text features: BERT's last hidden state, or ``text`` itself."""
         return text if self.text_encoder is None else self.text_encoder(text)
 
-    def decouple(self, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor,
-                 text_features: torch.Tensor | None = None) -> Decoupled:  # fmt: skip
+    def decouple(self, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor) -> Decoupled:
         """Temporal projection and decoupling (method reference: "Temporal projection", "Decoupling")."""
-        text = self.text_features(text) if text_features is None else text_features
+        text = self.text_features(text)
         inputs = {"L": text, "V": vision, "A": audio}  # (B, L_m, d_m)
         x, s, c, recon, cycle, sim = {}, {}, {}, {}, {}, {}
         for m in MODALITIES:
@@ -209,16 +200,9 @@ class DMD(nn.Module, DMDHubMixin):
             cycle[m] = self.private[m](recon[m])
         return Decoupled(x, s, c, recon, cycle, sim)
 
-    def forward(self, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor, seam: Seam | None = None,
-                text_features: torch.Tensor | None = None) -> DMDOutput:  # fmt: skip
-        """One forward pass. ``seam`` (training with ``TrainConfig.overlap``; see :class:`dmd_core.devices.Seam`):
-        every tensor that crosses from the lower part of the model to the upper part (the memory Transformers from
-        layer :attr:`seam_layer` on, the heads and fusion after them, the losses) passes through ``seam.cut``, so the
-        backward pass can be run in two parts; the numbers are the same. ``text_features``: BERT's output for
-        ``text``, computed beforehand (training with overlap: one mini-batch ahead, see
-        :class:`dmd_core.devices.TextAhead`); the text encoder is then not run."""
-        cut = _same if seam is None else seam.cut
-        dec = self.decouple(text, audio, vision, text_features)
+    def forward(self, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor) -> DMDOutput:
+        """One forward pass."""
+        dec = self.decouple(text, audio, vision)
         s_seq = {m: dec.private[m].permute(2, 0, 1) for m in MODALITIES}  # (T, B, d)
 
         # 4. Homogeneous branch: heads on the time-major flattened shared features.
@@ -227,15 +211,14 @@ class DMD(nn.Module, DMDHubMixin):
 
         # 5. Shared fusion: last time step of each modality's self-attention.
         c_last = [self.shared_attn[m](dec.shared[m].permute(2, 0, 1), last_only=True)[-1] for m in MODALITIES]  # (B, d)
-        c_fused = cut(torch.cat(c_last, dim=1))  # (B, 3d)
+        c_fused = torch.cat(c_last, dim=1)  # (B, 3d)
         logit_c = self.fusion_head(c_fused)[2]
 
         # 6. Heterogeneous branch: each target attends to the two other modalities.
         g = []
-        memory_cut = None if seam is None else (self.seam_layer, seam.cut)
         for m in MODALITIES:
             h = torch.cat([self.cross[m + n](s_seq[m], s_seq[n]) for n in CROSS_SOURCES[m]], dim=-1)  # (T_m, B, 2d)
-            g.append(self.memory[m](h, last_only=True, cut=memory_cut)[-1])  # (B, 2d)
+            g.append(self.memory[m](h, last_only=True)[-1])  # (B, 2d)
         hetero = [self.hetero_heads[m](g_m) for m, g_m in zip(MODALITIES, g)]
         hetero_branch = Branch(
             logits=torch.stack([h[2] for h in hetero]), reprs=torch.stack([h[1] for h in hetero]), hidden=torch.stack(g)
@@ -249,33 +232,12 @@ class DMD(nn.Module, DMDHubMixin):
         )
         prediction = self.final_head(fused)[2]
 
-        homo_graph = self.homo_gd(homo_branch.logits, homo_branch.reprs)
-        if seam is not None:  # what the losses read from the lower part
-            dec = Decoupled(*({m: cut(t) for m, t in getattr(dec, f.name).items()} for f in fields(Decoupled)))
-            homo_branch = Branch(logits=cut(homo_branch.logits), reprs=cut(homo_branch.reprs))
-            homo_graph = Graph(edges=cut(homo_graph.edges), raw=cut(homo_graph.raw))
         return DMDOutput(
             prediction=prediction,
             logit_c=logit_c,
             decoupled=dec,
             homo=homo_branch,
             hetero=hetero_branch,
-            homo_graph=homo_graph,
+            homo_graph=self.homo_gd(homo_branch.logits, homo_branch.reprs),
             hetero_graph=self.hetero_gd(hetero_branch.logits, hetero_branch.reprs),
         )
-
-    @property
-    def seam_layer(self) -> int:
-        """The first memory-Transformer layer above the seam (``forward(seam=...)``): the last two layers are above.
-        Measured on a 2-core machine (``benchmarks/results/tried.md``), this puts about as much work above the seam
-        (its backward pass, with the forward pass beside it) as below it."""
-        return max(len(self.memory["L"].layers) - 2, 0)
-
-    def parameters_above_seam(self) -> list[nn.Parameter]:
-        """The parameters only the part above the seam uses: the memory Transformers from :attr:`seam_layer` on and
-        their final norms, the heads and fusion after them, and the heterogeneous GD-Unit."""
-        modules: list[nn.Module] = [self.fusion_head, self.hetero_heads, self.final_gates, self.final_gate_c,
-                                    self.final_head, self.hetero_gd]  # fmt: skip
-        for encoder in self.memory.values():
-            modules += [*encoder.layers[self.seam_layer :], encoder.layer_norm]
-        return [p for module in modules for p in module.parameters()]

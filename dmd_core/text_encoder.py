@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from .config import BertSpec
-from .kernels.bert import DropoutSeeds, seed_bert_dropout, seeds_apply
 
 
 class BertUnavailableError(OSError):
@@ -29,12 +28,7 @@ class TextEncoder(nn.Module):
 
     Built without BERT's pooler (the ``[CLS]`` projection): DMD reads the last hidden state only, so
     the pooler would be a trainable layer no loss reaches (and DDP would wait for its gradients).
-
-    **Seeded dropout** (:attr:`seeded`; the machinery is :mod:`dmd_core.kernels.bert`): in CPU training,
-    BERT's dropout masks follow from :meth:`seed_dropout`'s seed, the training pass and the dropout site,
-    not from torch's generator, so they are the same whichever thread runs BERT (training runs it one
-    mini-batch ahead on a second thread, :class:`dmd_core.devices.TextAhead`). The stream differs from
-    the reference implementation's, as every dropout mask of this package does. Evaluation is unchanged.
+    BERT runs as ``transformers`` builds it: its own attention and dropout.
     """
 
     def __init__(self, spec: BertSpec) -> None:
@@ -46,20 +40,9 @@ class TextEncoder(nn.Module):
         else:
             self.bert = load_bert(spec.name_or_path)
         self.finetune = spec.finetune
-        self.seeds = DropoutSeeds()
-        self.seeded = seed_bert_dropout(self.bert, self.seeds)
-
-    def seed_dropout(self, seed: int, passes: int = 0) -> None:
-        """Seed BERT's dropout: the next training pass is number ``passes`` of the stream ``seed``
-        (the trainer: the run's seed, and the mini-batches trained before this epoch, so a resumed run
-        draws the masks an uninterrupted one would). Unseeded, the stream's seed is drawn from torch's
-        generator at the first training pass."""
-        self.seeds.seed, self.seeds.passes = int(seed), int(passes)
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
         ids, mask, segments = text[:, 0].long(), text[:, 1].float(), text[:, 2].long()
-        if self.training and self.seeded and seeds_apply(text):
-            self.seeds.next_pass()
         with torch.set_grad_enabled(self.finetune and torch.is_grad_enabled()):
             return self.bert(input_ids=ids, attention_mask=mask, token_type_ids=segments)[0]
 

@@ -18,7 +18,6 @@ Sequences are time-first, ``(T, B, d)``, as in the reference.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -160,10 +159,8 @@ class TransformerEncoder(nn.Module):
         pos = sinusoid_positions(feature_positions(x), self.dim).to(x.dtype)
         return math.sqrt(self.dim) * x + pos
 
-    def forward(self, x: torch.Tensor, source: torch.Tensor | None = None, last_only: bool = False,
-                cut: tuple[int, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> torch.Tensor:  # fmt: skip
+    def forward(self, x: torch.Tensor, source: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
         """Returns ``(Lq, B, d)``; with ``last_only``, ``(1, B, d)``: only the last time step.
-        ``cut=(i, f)``: layer ``i``'s input is ``f(h)`` (DMD's seam, :meth:`dmd_core.model.DMD.forward`).
 
         ``last_only`` gives exactly the last step of the full output for less work: the
         last layer computes its last query only (under the reference's mask the last query
@@ -181,8 +178,6 @@ class TransformerEncoder(nn.Module):
             else:
                 kv = (src, src)
         for i, layer in enumerate(self.layers):
-            if cut is not None and i == cut[0]:
-                h = cut[1](h)
             if last_only and i == len(self.layers) - 1:
                 h = layer(h[-1:], (h, h) if kv is None else kv, None)  # the last query sees every key
             else:

@@ -17,8 +17,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from .conftest import tiny_bert_text, tiny_config, tiny_inputs
-
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 REFERENCE = ROOT.parent / "shared" / "reference" / "mdswyz-DMD"  # where CI keeps a checkout, beside the clone
@@ -77,48 +75,6 @@ def test_markdown_has_one_row_per_metric_with_the_median_ratio_and_range():
     assert len(rows) == len(compare.METRICS) == 3
     assert rows[0] == "| aligned | 640 | train-loop samples/s | 11.00 | 25.00 | 2.25x | 2.00-2.50x |"
     assert all(row.startswith("| aligned | 640 |") and row.count("|") == 8 for row in rows)
-
-
-def test_the_bert_setting_adds_the_two_core_bound_row():
-    labels = compare.metric_labels(compare.SETTINGS["bert"])
-    assert list(labels) == [*compare.METRICS, "two_core_bound_ms"]
-    assert compare.metric_labels(compare.SETTINGS["aligned"]) == compare.METRICS
-    metrics = {key: compare.summarize([1000.0, 1200.0], [500.0, 600.0], higher) for key, (_, higher) in labels.items()}
-    rows = compare.markdown_rows(compare.SETTINGS["bert"], 640, metrics)
-    assert len(rows) == 4 and rows[-1].startswith("| bert | 640 | two-core bound:")
-    assert "| 2.00x | 2.00-2.00x |" in rows[-1]
-
-
-def test_the_bound_sets_the_references_ms_per_mini_batch_against_half_our_one_thread_work():
-    reference = {"train_loop_s": [40.0, 44.0], "mini_batches": 40}  # two epochs of 40 mini-batches
-    assert compare.bound_ms("reference", reference) == pytest.approx(1050.0)
-    ours = {"train_loop_s": [30.0], "mini_batches": 40, "parts_ms": {"bert_forward": 300.0, "rest": 350.0,
-                                                                      "bert_backward": 550.0}}  # fmt: skip
-    assert compare.bound_ms("ours", ours) == pytest.approx(600.0)  # (300 + 350 + 550) / 2
-    with pytest.raises(RuntimeError, match="no parts_ms"):
-        compare.bound_ms("ours", {"train_loop_s": [30.0], "mini_batches": 40})
-
-
-def test_bert_step_parts_time_bert_once_per_round_and_restore_the_thread_count(threads):
-    from dmd_core import DMD, BertSpec
-    from dmd_core.data import Batch
-
-    from .test_model import SMALL_BERT
-
-    cfg = tiny_config(bert=BertSpec(name_or_path=None, config=SMALL_BERT))
-    model = DMD(cfg).eval()
-    text, audio, vision, labels = tiny_inputs(cfg, batch=4)
-    batch = Batch(tiny_bert_text(cfg, 4).long(), audio, vision, labels.reshape(-1), torch.arange(4))
-    calls = []
-    model.text_encoder.register_forward_hook(lambda *_: calls.append(torch.is_grad_enabled()))
-    torch.set_num_threads(2)
-    parts = runner.bert_step_parts(model, batch, repeats=2)
-    assert list(parts) == ["bert_forward", "rest", "bert_backward"] and all(v > 0 for v in parts.values())
-    assert calls == [True] * 3  # BERT runs once per round (warm-up + 2): the rest gets its output, not the ids
-    assert torch.get_num_threads() == 2 and model.training
-    assert all(p.grad is None for p in model.parameters())  # gradients cleared after every round
-    with pytest.raises(ValueError, match="no BERT"):
-        runner.bert_step_parts(DMD(tiny_config()), batch)
 
 
 def test_cosine_embedding_loss_on_3d_inputs_takes_the_cosine_over_dim_1_as_pytorch_1_9():

@@ -202,6 +202,22 @@ def test_resume_refuses_a_changed_recipe_and_a_used_folder_needs_resume(tmp_path
         train(cfg, ds, FAST, tmp_path / "run", seed=2, resume=True, progress=False)
 
 
+def test_a_run_folder_written_with_the_removed_overlap_setting_loads_and_resumes(tmp_path, caplog):
+    cfg = tiny_config()
+    ds = tiny_dataset(cfg)
+    train(cfg, ds, FAST.replace(max_epochs=1), tmp_path / "run", seed=1, progress=False)
+    config_file = tmp_path / "run" / runs.CONFIG
+    meta = runs.read_json(config_file)
+    meta["train"]["overlap"], meta["overlap"] = None, False  # what config.json held while overlap existed
+    runs.write_json(config_file, meta)
+    with caplog.at_level("INFO", logger="dmd_core.config"):
+        assert load_run(tmp_path / "run").train_config == FAST.replace(max_epochs=1)
+    assert "ignoring overlap=None" in caplog.text
+    resumed = train(cfg, ds, FAST.replace(max_epochs=2), tmp_path / "run", seed=1, resume=True, progress=False)
+    assert resumed.epochs == 2
+    assert TrainConfig.from_dict({"overlap": True}) == TrainConfig()
+
+
 KILL_SCRIPT = textwrap.dedent(
     """
     import sys, time, torch

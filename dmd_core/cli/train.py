@@ -90,7 +90,6 @@ def _train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         seeds=tuple(args.seeds), leftover_step=not args.no_leftover_step, eval_batch_size=args.eval_batch_size,
         valid_loss_decimals=args.valid_loss_decimals,
         precision=args.precision, tf32=not args.no_tf32, compile=args.compile,
-        overlap={"auto": None, "on": True, "off": False}[args.overlap],
     )  # fmt: skip
 
 
@@ -262,11 +261,6 @@ def add_cli(subparsers) -> None:
     add_precision(p)
     p.add_argument("--no-tf32", action="store_true", help="keep float32 matmuls exact on CUDA (TF32 is on by default)")
     p.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
-    p.add_argument("--overlap", choices=["auto", "on", "off"], default="auto",
-                   help="CPU: run each backward pass on a second thread while the next forward pass runs (with "
-                        "BERT: BERT's forward pass for the next mini-batch), one thread per operation (same numbers "
-                        "as one thread); auto: on two threads for the aligned model with --accumulation > 1, where "
-                        "it was measured to pay (default: auto)")  # fmt: skip
     p.add_argument(
         "--parallel-seeds",
         action="store_true",

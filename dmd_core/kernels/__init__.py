@@ -10,9 +10,6 @@ plain definitions in :mod:`dmd_core.kernels.definition`, only faster:
 * on GPUs (and under ``torch.compile``), attention is PyTorch's
   ``scaled_dot_product_attention`` and dropout is ``F.dropout``.
 
-:mod:`~dmd_core.kernels.bert` gives Hugging Face's BERT dropout masks drawn from seeds (CPU training), so
-that its forward pass can run on another thread (``TrainConfig.overlap``) with the numbers of one.
-
 **One switch** chooses: :data:`BACKEND`, set from the environment variable ``DMD_KERNELS`` at
 import (``auto``, the default; ``tiled``: never build or use the compiled kernel; ``torch``:
 PyTorch's own functions everywhere) and changed for a block with :func:`use`.
@@ -96,19 +93,10 @@ def attention(
     return out.permute(2, 0, 1, 3).reshape(len_q, batch, dim)
 
 
-def dropout(x: torch.Tensor, p: float, training: bool = True, seed: int | None = None) -> torch.Tensor:
-    """:func:`~dmd_core.kernels.definition.dropout`; on CPU with a 5x faster mask generator.
-
-    ``seed`` (CPU only; BERT's dropout, :mod:`dmd_core.kernels.bert`): the mask follows from it
-    instead of a draw from torch's generator, whichever thread runs the call. Elsewhere it is ignored.
-    """
+def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """:func:`~dmd_core.kernels.definition.dropout`; on CPU with a 5x faster mask generator."""
     if not training or p == 0:
         return x
-    if seed is not None and x.device.type == "cpu" and p < 1:
-        if _fast_cpu(x):
-            return tiled.fast_dropout(x, p, seed)
-        keep = torch.empty_like(x).bernoulli_(1 - p, generator=torch.Generator().manual_seed(seed))
-        return x * keep / (1 - p)
     if p >= 1 or not _fast_cpu(x):
         return F.dropout(x, p, training)
     return tiled.fast_dropout(x, p)

@@ -96,9 +96,8 @@ def _generator() -> np.random.Generator:
 
 class _Dropout(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, p, seed):
-        rng = _generator() if seed is None else np.random.Generator(np.random.PCG64(seed))
-        keep = torch.from_numpy(keep_mask(rng, x.numel(), p)).view(x.shape)
+    def forward(ctx, x, p):
+        keep = torch.from_numpy(keep_mask(_generator(), x.numel(), p)).view(x.shape)
         ctx.save_for_backward(keep)
         ctx.scale = 1.0 / (1.0 - p)
         return x * keep * ctx.scale
@@ -106,13 +105,12 @@ class _Dropout(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (keep,) = ctx.saved_tensors
-        return grad * keep * ctx.scale, None, None
+        return grad * keep * ctx.scale, None
 
 
-def fast_dropout(x: torch.Tensor, p: float, seed: int | None = None) -> torch.Tensor:
-    """``F.dropout(x, p)`` for a CPU tensor and ``0 < p < 1``, with the mask of :func:`keep_mask` (5x less time);
-    the mask's generator is seeded from torch's generator, or with ``seed``."""
-    return _Dropout.apply(x, p, seed)
+def fast_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    """``F.dropout(x, p)`` for a CPU tensor and ``0 < p < 1``, with the mask of :func:`keep_mask` (5x less time)."""
+    return _Dropout.apply(x, p)
 
 
 Tile = tuple[slice, slice, int]  # (batch-head slices, query rows, keys [0, end) used)
