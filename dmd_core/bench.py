@@ -204,15 +204,15 @@ def peak_rss_bytes() -> int:
 
 def run_benchmark(setting: BenchSetting) -> dict[str, Any]:
     """Measure ``setting``; returns the result record (also what :func:`record` writes)."""
-    from .devices import pick_device, use_cuda_device
+    from .devices import use_cuda_device
     from .evaluation import predict
     from .precision import resolve_precision
     from .trainer import Trainer
 
     if setting.threads:
         torch.set_num_threads(setting.threads)
-    device = pick_device(setting.device)
-    use_cuda_device(device)  # before anything asks about cuda:N by index (fails while CUDA is not initialised)
+    # With its index ("cuda": the current GPU), before anything asks about cuda:N (fails while CUDA is not initialised).
+    device = use_cuda_device(setting.device)
     precision = resolve_precision(setting.precision, device)
     cfg = setting.model_config()
     n_train = setting.batch_size * setting.window_batches

@@ -27,36 +27,54 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def pick_device(requested: str | torch.device | None = None) -> torch.device:
-    """The device to train on: ``requested`` if given (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``),
-    else CUDA if available, then Apple MPS, then CPU. Asking for an unavailable device is an error."""
+def resolve_device(requested: str | torch.device | None, cuda_available: bool, device_count: int,
+                   current_index: int, mps_available: bool = False) -> torch.device:  # fmt: skip
+    """The device ``requested`` means on a machine with ``device_count`` GPUs (a pure function: reads no GPU state).
+
+    Every CUDA device comes back with its index, the one place it is chosen: ``"cuda"`` and
+    ``"auto"`` (with CUDA) mean the current GPU, ``current_index``; ``"cuda:N"`` must name one of
+    the machine's GPUs. ``torch.cuda.set_device``, memory statistics and device properties take
+    only an indexed device or an integer.
+    """
     if requested is None or str(requested) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        if cuda_available:
+            return torch.device("cuda", current_index)
+        return torch.device("mps") if mps_available else torch.device("cpu")
     device = torch.device(requested)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
+        if not cuda_available:
             raise RuntimeError(f"device {str(requested)!r} asked for, but CUDA is not available here (use 'cpu')")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise RuntimeError(f"device {str(requested)!r}: only {torch.cuda.device_count()} CUDA device(s) here")
-    if device.type == "mps" and not torch.backends.mps.is_available():
+        index = current_index if device.index is None else device.index
+        if index >= device_count:
+            raise RuntimeError(f"device {str(requested)!r}: only {device_count} CUDA device(s) here")
+        return torch.device("cuda", index)
+    if device.type == "mps" and not mps_available:
         raise RuntimeError(f"device {str(requested)!r} asked for, but Apple MPS is not available here (use 'cpu')")
     return device
 
 
-def use_cuda_device(device: torch.device) -> None:
-    """Initialise CUDA and make ``device`` the current GPU (nothing for other devices).
+def pick_device(requested: str | torch.device | None = None) -> torch.device:
+    """The device to train on: ``requested`` if given (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``),
+    else CUDA if available, then Apple MPS, then CPU. Asking for an unavailable device is an error."""
+    cuda = torch.cuda.is_available()
+    # The current GPU only where it is needed: asking for it initialises CUDA.
+    current = torch.cuda.current_device() if cuda and str(requested) in ("None", "auto", "cuda") else 0
+    return resolve_device(requested, cuda, torch.cuda.device_count() if cuda else 0, current,
+                          torch.backends.mps.is_available())  # fmt: skip
+
+
+def use_cuda_device(device: str | torch.device) -> torch.device:
+    """Initialise CUDA and make ``device`` the current GPU (nothing for other devices); returns it with its index.
 
     Before anything asks about a GPU by index: PyTorch's memory statistics of ``cuda:1`` fail
     while CUDA is not initialised. And so that calls without an index (libraries, ``"cuda"``)
     use this GPU instead of opening a context on GPU 0.
     """
+    device = pick_device(device)
     if device.type == "cuda":
         torch.cuda.init()
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(device.index)
+    return device
 
 
 def configure_cuda(tf32: bool) -> None:
@@ -156,10 +174,7 @@ def _rank_device(requested: str | torch.device | None, info: DistInfo) -> torch.
         return pick_device(requested)
     available = torch.cuda.is_available()
     device = rank_device(requested, info.local_rank, available, torch.cuda.device_count() if available else 0)
-    if device.type != "cuda":
-        return pick_device(device)
-    torch.cuda.set_device(device)
-    return device
+    return use_cuda_device(device)
 
 
 def place_dataset(dataset: MMSADataset, device: torch.device, budget: float = 0.5) -> MMSADataset:

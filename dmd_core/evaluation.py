@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .config import MODALITIES
+from .devices import pick_device
 from .distill import EDGE_NAMES
 from .metrics import regression_metrics
 from .model import DMD
@@ -118,7 +119,7 @@ def predict(
     train/eval mode is restored.
     """
     zero = _check_zero(zero)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = pick_device(device) if device is not None else next(model.parameters()).device
     model = model.to(device)
     was_training = model.training
     model.eval()

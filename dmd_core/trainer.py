@@ -137,7 +137,7 @@ class Trainer:
         else:
             self.dist, self.device = DistInfo(), pick_device(device)
         if self.device.type == "cuda":
-            use_cuda_device(self.device)
+            self.device = use_cuda_device(self.device)  # the current GPU, by index (devices.resolve_device)
             configure_cuda(train_config.tf32)
         self.cfg, self.tcfg, self.seed = model_config, train_config, int(seed)
         self.precision = resolve_precision(train_config.precision, self.device)  # "fp32", "bf16" or "fp16"

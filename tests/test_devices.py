@@ -115,17 +115,42 @@ def test_a_rank_device_beyond_the_machines_gpus_is_refused_and_no_cuda_means_the
         devices.rank_device("cuda", 1, cuda_available=False, device_count=0)
 
 
-def test_init_distributed_puts_each_rank_on_its_own_gpu_for_cuda_n(monkeypatch):
-    chosen = []
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    monkeypatch.setattr(torch.cuda, "set_device", lambda d: chosen.append(torch.device(d)))
-    monkeypatch.setattr(devices.dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(devices.dist, "get_rank", lambda: 1)
-    monkeypatch.setattr(devices.dist, "get_world_size", lambda: 2)
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    info, device = devices.init_distributed("cuda:2")
-    assert info.rank == 1 and device == torch.device("cuda", 3) and chosen == [device]
+@pytest.mark.parametrize("requested", [None, "auto", "cuda", "cuda:0", "cuda:1", "cuda:2"])
+def test_a_rank_device_is_one_that_torch_cuda_set_device_accepts(requested):
+    """PyTorch's own index resolution (what ``torch.cuda.set_device`` runs first; no GPU needed) takes it."""
+    device = devices.rank_device(requested, 1, cuda_available=True, device_count=4)
+    assert torch.cuda._get_device_index(device, optional=False) == device.index
+
+
+# ---- which GPU one process takes -----------------------------------------------------------------------------
+
+
+def test_torch_cuda_set_device_refuses_a_cuda_device_without_an_index():
+    """The rule the next tests hold our devices to: PyTorch's own, run without a GPU."""
+    with pytest.raises(ValueError, match="with a specified index"):
+        torch.cuda._get_device_index(torch.device("cuda"), optional=False)
+
+
+@pytest.mark.parametrize(
+    "requested,current,expected",
+    [("cuda", 0, 0), ("cuda", 1, 1), (torch.device("cuda"), 1, 1), ("cuda:1", 0, 1), (None, 1, 1), ("auto", 0, 0)],
+)  # fmt: skip
+def test_every_cuda_device_gets_the_index_that_torch_cuda_set_device_needs(requested, current, expected):
+    """``--device cuda`` (the README, every chapter's ``device="cuda"``) means the current GPU, by index."""
+    device = devices.resolve_device(requested, cuda_available=True, device_count=2, current_index=current)
+    assert device == torch.device("cuda", expected)
+    assert torch.cuda._get_device_index(device, optional=False) == expected
+
+
+def test_a_gpu_the_machine_lacks_and_cuda_without_cuda_are_refused_by_name():
+    with pytest.raises(RuntimeError, match=r"'cuda:2': only 2 CUDA device\(s\) here"):
+        devices.resolve_device("cuda:2", cuda_available=True, device_count=2, current_index=0)
+    with pytest.raises(RuntimeError, match="'cuda' asked for, but CUDA is not available"):
+        devices.resolve_device("cuda", cuda_available=False, device_count=0, current_index=0)
+    with pytest.raises(RuntimeError, match="Apple MPS is not available"):
+        devices.resolve_device("mps", cuda_available=False, device_count=0, current_index=0)
+    assert devices.resolve_device(None, False, 0, 0, mps_available=True) == torch.device("mps")
+    assert devices.resolve_device("auto", False, 0, 0) == devices.resolve_device("cpu", True, 2, 1)
 
 
 # ---- TF32 ----------------------------------------------------------------------------------------------------
