@@ -40,7 +40,9 @@ clean:
 
 # The GPU check (benchmarks/gpu_check.py): `make gpu-wheels` here downloads into .wheels/ what a bare GPU machine
 # without a package registry lacks (papermill, ipykernel, ...); `make gpu-check` there runs the check, see its
-# docstring (bring .wheels/ along and add GPU_CHECK_ARGS="--install-wheels .wheels" on a bare machine).
+# docstring (bring .wheels/ along and add GPU_CHECK_ARGS="--install-wheels .wheels" on a bare machine). It prints
+# its plan first (400 s in all, installs included; GPU_CHECK_ARGS="--budget S" scales it) and rewrites its report
+# after every stage and when stopped.
 GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
 
 gpu-wheels:
