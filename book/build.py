@@ -13,10 +13,17 @@ Steps:
 2. ``jupyter-book build . -W -n --keep-going --all`` renders the executed copies (the book
    executes nothing itself: ``execute_notebooks: "off"``), warnings as errors.
 3. :func:`check_book` fails the build when a code cell was not executed, an output is an
-   error or a traceback, a page of ``_toc.yml`` has no HTML file, or a page loads MathJax from
-   outside the build (the book must render its math offline).
+   error or a traceback, a chapter does not follow the book's frame (:func:`chapter_problems`:
+   it opens with its goals and run time and no visible code, and ends with a summary and
+   exercises), a page of ``_toc.yml`` has no HTML file, or a page loads MathJax from outside the
+   build (the book must render its math offline).
 
-Timings per chapter go to ``book/executed/timings.json``.
+The executed copies are prepared for reading (:func:`prepare_page`): progress bars show their
+final state once, papermill's injected-parameters cell is hidden (tag ``remove-cell``: it stays
+in the notebook), and relative image links (the Colab badge, ``book/_static/colab-badge.svg``)
+point from ``book/executed/`` to the same files as they do from ``notebooks/``.
+
+Timings per chapter go to ``book/executed/timings.json``, with the machine that measured them.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import argparse
 import json
 import logging
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -114,15 +122,12 @@ def terminal_text(text: str) -> str:
     return "\n".join(kept) + ("\n" if kept else "")
 
 
-def tidy_streams(path: Path) -> None:
-    """Merge consecutive stream outputs of a cell and render carriage returns, in an executed notebook.
+def tidy_streams(nb: Any) -> None:
+    """Merge consecutive stream outputs of each cell and render carriage returns (in place).
 
     The executed copy then shows each progress bar's final state once, as a reader of a static
     page should see it (the sources are never touched).
     """
-    import nbformat
-
-    nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
@@ -137,6 +142,52 @@ def tidy_streams(path: Path) -> None:
             if out.get("output_type") == "stream":
                 out["text"] = terminal_text(out["text"])
         cell["outputs"] = [o for o in merged if o.get("output_type") != "stream" or o["text"]]
+
+
+def hide_injected_parameters(nb: Any) -> int:
+    """Tag papermill's ``injected-parameters`` cell ``remove-cell`` (in place): the page does not show it,
+    the executed notebook keeps it. Returns how many cells were tagged."""
+    count = 0
+    for cell in nb.cells:
+        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+            count += 1
+    return count
+
+
+IMAGE_LINK = re.compile(r"(!\[[^\]]*\]\()([^)\s]+)(\))")
+
+
+def relocate_images(nb: Any, source_dir: Path, target_dir: Path) -> None:
+    """Rewrite the relative image paths of markdown cells (in place) so that a notebook written to
+    ``target_dir`` shows the files its source in ``source_dir`` showed (e.g. the Colab badge,
+    ``../book/_static/colab-badge.svg`` from ``notebooks/``, becomes ``../_static/colab-badge.svg`` from
+    ``book/executed/``). URLs and paths that resolve to no file are left as they are."""
+
+    def move(match: re.Match) -> str:
+        link = match.group(2)
+        if re.match(r"^([a-z][a-z0-9+.-]*:|/|#)", link, flags=re.IGNORECASE):
+            return match.group(0)
+        target = (source_dir / link).resolve()
+        if not target.is_file():
+            return match.group(0)
+        return match.group(1) + Path(os.path.relpath(target, target_dir.resolve())).as_posix() + match.group(3)
+
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            cell.source = IMAGE_LINK.sub(move, cell.source)
+
+
+def prepare_page(path: Path, source_dir: Path = NOTEBOOK_DIR) -> None:
+    """Prepare an executed notebook for reading (:func:`tidy_streams`, :func:`hide_injected_parameters`,
+    :func:`relocate_images` from ``source_dir``) and write it back."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    tidy_streams(nb)
+    hide_injected_parameters(nb)
+    relocate_images(nb, source_dir, path.parent)
     nbformat.write(nb, path)
 
 
@@ -168,7 +219,7 @@ def execute(names: list[str], ci: bool, work_dir: Path, overrides: dict[str, Any
                 f"{src.relative_to(ROOT)} raised in cell {err.exec_count}: {err.ename}: {err.evalue}\n"
                 f"(the executed copy with the traceback is {dst.relative_to(ROOT)})"
             ) from None
-        tidy_streams(dst)
+        prepare_page(dst)
         timings[name] = round(time.perf_counter() - start, 1)
         log.info("%s executed in %.1f s", name, timings[name])
     return timings
@@ -233,6 +284,77 @@ def notebook_problems(path: Path) -> list[str]:
     return problems
 
 
+# The frame of every chapter page (book/intro.md's conventions): it opens with its goals and run time and
+# no visible code, and ends with a summary and exercises.
+OPENING_PHRASES = ("What you will learn", "Run time")
+CLOSING_SECTIONS = ["Summary", "Exercises"]
+HIDDEN_CODE_TAGS = frozenset({"remove-cell", "remove-input"})
+BADGE = "colab-badge.svg"
+
+
+def section_titles(markdown: str) -> list[str]:
+    """The titles of the level-2 headings (``## Title``) of a markdown text, outside code fences."""
+    titles, fence = [], None
+    for line in markdown.splitlines():
+        marker = re.match(r"^\s*(`{3,}|~{3,})", line)
+        if marker:
+            if fence is None:
+                fence = marker.group(1)[0]
+            elif marker.group(1)[0] == fence:
+                fence = None
+            continue
+        heading = re.match(r"^##\s+(.+?)\s*#*\s*$", line)
+        if fence is None and heading:
+            titles.append(heading.group(1))
+    return titles
+
+
+def chapter_problems(path: Path) -> list[str]:
+    """What breaks the frame of a chapter (an executed notebook, or a source):
+
+    * the first cell is markdown with the chapter's goals (``What you will learn``) and its
+      ``Run time``, and a Colab badge that is the book's own image (a relative path to
+      ``colab-badge.svg`` that resolves from the notebook's folder);
+    * no code shows before the first section (``## ...``): every code cell there is tagged
+      ``remove-cell`` or ``remove-input`` (papermill's injected cell included, see :func:`prepare_page`);
+    * the last two sections are ``## Summary`` and ``## Exercises``.
+    """
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    problems: list[str] = []
+    first = nb.cells[0] if nb.cells else None
+    if first is None or first.cell_type != "markdown":
+        problems.append(f"{path.name}: the first cell must be markdown (title, why, goals, run time)")
+    else:
+        for phrase in OPENING_PHRASES:
+            if phrase not in first.source:
+                problems.append(f"{path.name}: the first cell lacks {phrase!r} (a chapter opens with its goals and "
+                                "run time)")  # fmt: skip
+        badges = [link for link in IMAGE_LINK.findall(first.source) if link[1].endswith(BADGE)]
+        if not badges:
+            problems.append(f"{path.name}: the first cell has no {BADGE} image (the Colab badge)")
+        for _, link, _ in badges:
+            if re.match(r"^[a-z][a-z0-9+.-]*:", link, flags=re.IGNORECASE) or not (path.parent / link).is_file():
+                problems.append(f"{path.name}: the Colab badge {link!r} is not the book's own image (expected a "
+                                f"relative path to book/_static/{BADGE} from {path.parent.name}/)")  # fmt: skip
+    sections: list[tuple[int, str]] = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown":
+            sections += [(i, title) for title in section_titles(cell.source)]
+    first_section = sections[0][0] if sections else len(nb.cells)
+    for i, cell in enumerate(nb.cells[:first_section]):
+        tags = set(cell.get("metadata", {}).get("tags", []))
+        if cell.cell_type == "code" and cell.source.strip() and not tags & HIDDEN_CODE_TAGS:
+            problems.append(f"{path.name}: code cell {i} shows its code before the first section: tag it remove-cell "
+                            f"(machinery) or remove-input (its output shows), found tags {sorted(tags)}")  # fmt: skip
+    last = [title for _, title in sections[-len(CLOSING_SECTIONS) :]]
+    if last != CLOSING_SECTIONS:
+        problems.append(f"{path.name}: a chapter ends with '## Summary' then '## Exercises', found last sections "
+                        f"{last}")  # fmt: skip
+    return problems
+
+
 def mathjax_problems(html: Path) -> list[str]:
     """A page must load MathJax from the build itself: a relative ``src`` to a file that exists.
 
@@ -249,7 +371,7 @@ def mathjax_problems(html: Path) -> list[str]:
 
 
 def check_book(html_dir: Path = BUILD_DIR / "html", names: tuple[str, ...] = NOTEBOOKS) -> list[str]:
-    """Every chapter executed without error and every ``_toc.yml`` page rendered to HTML."""
+    """Every chapter executed without error and in the book's frame, every ``_toc.yml`` page rendered to HTML."""
     problems = []
     for name in names:
         path = EXECUTED_DIR / f"{name}.ipynb"
@@ -257,6 +379,7 @@ def check_book(html_dir: Path = BUILD_DIR / "html", names: tuple[str, ...] = NOT
             problems.append(f"{path.relative_to(ROOT)}: missing (chapter not executed)")
             continue
         problems += notebook_problems(path)
+        problems += chapter_problems(path)
     for page in toc_pages():
         html = html_dir / f"{page}.html"
         if not html.is_file():
@@ -267,6 +390,28 @@ def check_book(html_dir: Path = BUILD_DIR / "html", names: tuple[str, ...] = NOT
             problems.append(f"{html}: shows a traceback")
         problems += mathjax_problems(html)
     return problems
+
+
+def machine() -> str:
+    """The machine that measured the timings, in words: cores and processor model (from /proc/cpuinfo on Linux)."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(errors="replace"), flags=re.M)
+        model = found.group(1).strip() if found else model
+    return f"{os.cpu_count()} cores, {model}, {platform.system()}"
+
+
+def write_timings(seconds: dict[str, float], ci: bool) -> Path:
+    """``book/executed/timings.json``: seconds per chapter (and for the Jupyter Book build), their total,
+    whether the CI parameters were used, the machine and the date; the introduction's build time refers here."""
+    EXECUTED_DIR.mkdir(parents=True, exist_ok=True)
+    path = EXECUTED_DIR / "timings.json"
+    record = {"ci": ci, "seconds": seconds, "total_seconds": round(sum(seconds.values()), 1), "machine": machine(),
+              "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    log.info("timings (s): %s, total %.0f s on %s", seconds, record["total_seconds"], record["machine"])
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -295,15 +440,14 @@ def main(argv: list[str] | None = None) -> int:
         timings = execute(list(args.only or NOTEBOOKS), args.ci, work_dir.resolve(), overrides, args.kernel)
     if not args.no_build:
         timings["jupyter-book build"] = round(jupyter_book_build(), 1)
+    if not args.no_execute:
+        write_timings(timings, args.ci)
+    if not args.no_build:
         problems = check_book()
         if problems:
             print("\n".join(["book check failed:", *problems]), file=sys.stderr)
             return 1
         log.info("book built and checked: %s", BUILD_DIR / "html" / "index.html")
-    if not args.no_execute:
-        EXECUTED_DIR.mkdir(parents=True, exist_ok=True)
-        (EXECUTED_DIR / "timings.json").write_text(json.dumps({"ci": args.ci, "seconds": timings}, indent=2) + "\n")
-        log.info("timings (s): %s", timings)
     return 0
 
 

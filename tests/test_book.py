@@ -259,3 +259,136 @@ def test_the_method_page_holds_the_one_list_of_differences_each_with_its_switch_
     section = readme.split("## Where we differ from the reference", 1)[1].split("\n## ", 1)[0]
     assert "book/method.md#where-we-differ-from-the-reference" in section
     assert not re.search(r"^\s*- ", section, flags=re.M), "the README links to the list instead of repeating it"
+
+
+# --------------------------------------------------------------------------- the frame of a chapter page
+
+
+def _chapter(cells: list) -> nbformat.NotebookNode:
+    """A small synthetic chapter: badge, goals and run time, hidden machinery, a section, summary, exercises."""
+    first = ("# 9. A chapter\n\n[![Open in Colab](../book/_static/colab-badge.svg)](https://colab.research.google.com/)"
+             "\n\nWhy.\n\n**What you will learn**\n\n- one thing\n\n**Run time**: about 1 min on a 2-core CPU.")  # fmt: skip
+    return nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(first), *cells])
+
+
+def _good_cells() -> list:
+    return [
+        nbformat.v4.new_code_cell("import sys", metadata={"tags": ["remove-cell"]}),
+        nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters", "remove-cell"]}),
+        nbformat.v4.new_code_cell("glue('x', x)", metadata={"tags": ["remove-input"]}),
+        nbformat.v4.new_markdown_cell("## The idea\n\n```python\n## not a heading (code)\n```"),
+        nbformat.v4.new_code_cell("x + 1"),
+        nbformat.v4.new_markdown_cell("## Summary\n\n- x is 1"),
+        nbformat.v4.new_markdown_cell("## Exercises\n\n1. Predict, then run."),
+    ]
+
+
+def _problems(tmp_path: Path, nb: nbformat.NotebookNode) -> list[str]:
+    (tmp_path / "notebooks").mkdir(exist_ok=True)
+    path = tmp_path / "notebooks" / "09_chapter.ipynb"
+    nbformat.write(nb, path)
+    (tmp_path / "book" / "_static").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "book" / "_static" / "colab-badge.svg").write_text("<svg/>")
+    return build.chapter_problems(path)
+
+
+def test_the_chapter_check_passes_a_chapter_in_the_books_frame(tmp_path):
+    assert _problems(tmp_path, _chapter(_good_cells())) == []
+
+
+def test_the_chapter_check_fails_a_chapter_without_goals_or_run_time(tmp_path):
+    nb = _chapter(_good_cells())
+    nb.cells[0].source = nb.cells[0].source.replace("**What you will learn**", "**Contents**")
+    assert any("What you will learn" in p for p in _problems(tmp_path, nb))
+    nb.cells[0].source = nb.cells[0].source.replace("**Run time**", "**Time**")
+    assert any("Run time" in p for p in _problems(tmp_path, nb))
+
+
+def test_the_chapter_check_fails_visible_code_before_the_first_section(tmp_path):
+    cells = _good_cells()
+    cells[2].metadata["tags"] = ["hide-input"]  # a toggle still shows a code cell on the first screen
+    problems = _problems(tmp_path, _chapter(cells))
+    assert len(problems) == 1 and "code cell 3" in problems[0]
+
+
+def test_the_chapter_check_fails_a_chapter_that_does_not_end_with_summary_then_exercises(tmp_path):
+    for drop in (-1, -2):
+        cells = _good_cells()
+        del cells[drop]
+        assert any("'## Summary' then '## Exercises'" in p for p in _problems(tmp_path, _chapter(cells)))
+    cells = _good_cells()
+    cells[-2:] = cells[-1], cells[-2]  # exercises before the summary
+    assert any("'## Summary' then '## Exercises'" in p for p in _problems(tmp_path, _chapter(cells)))
+
+
+def test_the_chapter_check_fails_a_badge_that_the_book_does_not_serve(tmp_path):
+    nb = _chapter(_good_cells())
+    nb.cells[0].source = nb.cells[0].source.replace(
+        "../book/_static/colab-badge.svg", "https://colab.research.google.com/assets/colab-badge.svg"
+    )
+    assert any("not the book's own image" in p for p in _problems(tmp_path, nb))
+
+
+def test_section_titles_reads_level_two_headings_outside_code_fences():
+    text = "# Title\n\n## One\n\ntext ## no\n\n```python\n## comment\n```\n\n~~~\n## x\n~~~\n\n## Two ##\n### Three"
+    assert build.section_titles(text) == ["One", "Two"]
+
+
+def test_prepare_page_hides_the_injected_parameters_and_points_the_badge_at_the_same_file(tmp_path):
+    source_dir, executed = tmp_path / "notebooks", tmp_path / "book" / "executed"
+    for folder in (source_dir, executed, tmp_path / "book" / "_static"):
+        folder.mkdir(parents=True, exist_ok=True)
+    badge = tmp_path / "book" / "_static" / "colab-badge.svg"
+    badge.write_text("<svg/>")
+    nb = _chapter([
+        nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("x = 2", metadata={"tags": ["injected-parameters"]}),
+        nbformat.v4.new_markdown_cell("![a figure](https://example.org/a.png) ![missing](nowhere.png)"),
+    ])  # fmt: skip
+    path = executed / "09_chapter.ipynb"
+    nbformat.write(nb, path)
+    build.prepare_page(path, source_dir)
+    out = _read(path)
+    assert out.cells[2].metadata["tags"] == ["injected-parameters", "remove-cell"]
+    assert out.cells[1].metadata["tags"] == ["parameters"]  # the notebook's own cells keep their tags
+    assert "(../_static/colab-badge.svg)" in out.cells[0].source
+    assert (executed / "../_static/colab-badge.svg").resolve() == badge.resolve()
+    assert out.cells[3].source == nb.cells[3].source  # URLs and unknown files are left alone
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_chapters_colab_badge_is_the_books_own_image_from_its_source_folder(path):
+    first = _read(path).cells[0].source
+    links = [m[1] for m in build.IMAGE_LINK.findall(first) if m[1].endswith("colab-badge.svg")]
+    assert links, f"{path.name}: no Colab badge"
+    for link in links:
+        assert (path.parent / link).resolve() == (ROOT / "book" / "_static" / "colab-badge.svg").resolve(), link
+
+
+def test_the_badge_is_an_svg_image_of_its_own():
+    svg = (ROOT / "book" / "_static" / "colab-badge.svg").read_text()
+    assert svg.lstrip().startswith("<svg") and "Open in Colab" in svg
+    assert not re.search(r"(href|src)=\"https?://", svg), "the badge loads nothing from elsewhere"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_chapter_source_follows_the_books_frame(path):
+    # The build checks the executed copies (check_book); the sources are the same cells, minus papermill's.
+    assert build.chapter_problems(path) == []
+
+
+def test_one_search_field_per_page_the_top_bar_of_the_theme_is_off():
+    # pydata-sphinx-theme adds a top bar with a search field unless navbar_persistent is set; the book's theme
+    # (sphinx-book-theme) has its own in the sidebar. recursive_update keeps Jupyter Book's other theme options.
+    sphinx = CONFIG["sphinx"]
+    assert sphinx["recursive_update"] is True
+    assert sphinx["config"]["html_theme_options"]["navbar_persistent"] == []
+
+
+def test_the_timings_record_says_which_machine_measured_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(build, "EXECUTED_DIR", tmp_path)
+    path = build.write_timings({"01_data": 10.0, "02_decoupling": 20.5}, ci=False)
+    record = yaml.safe_load(path.read_text())  # JSON is YAML
+    assert record["seconds"] == {"01_data": 10.0, "02_decoupling": 20.5} and record["ci"] is False
+    assert record["total_seconds"] == 30.5
+    assert f"{os.cpu_count()} cores" in record["machine"]

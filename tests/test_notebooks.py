@@ -93,6 +93,17 @@ def test_pages_render_math_with_the_books_own_mathjax_and_show_no_machine_paths(
     assert local > 0, "no page loads the book's own MathJax"
 
 
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_every_chapter_page_opens_without_code_and_has_one_search_field(built, name):
+    repo, _ = built
+    html = (repo / "_build" / "html" / "book" / "executed" / f"{name}.html").read_text(encoding="utf-8")
+    # The build's check_book already passed chapter_problems on the executed copy; this is what the reader gets.
+    for machinery in ('"google.colab" in sys.modules', "# Parameters", "injected-parameters", "work_dir ="):
+        assert machinery not in html, f"{name}: the page shows {machinery!r}"
+    assert html.count('class="btn search-button-field') == 1, f"{name}: not exactly one search field"
+    assert re.search(r'<img[^>]*src="[^"]*colab-badge\.svg"', html), f"{name}: no Colab badge image"
+
+
 def test_later_chapters_reuse_the_training_chapters_run(built):
     _, work = built
     runs = sorted(p.name.rsplit("-", 1)[0] for p in work.iterdir() if p.is_dir() and p.name != "data")
