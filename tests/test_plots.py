@@ -120,3 +120,101 @@ def test_small_figures_draw_without_error():
     matrix = pd.DataFrame(rng.dirichlet(np.ones(6), 3), columns=EDGE_NAMES, index=["a", "b", "c"])
     fig = plots.edge_matrix({"HomoGD": matrix, "HeteroGD": matrix})
     assert len(fig.axes[0].texts) == 18
+
+
+# --------------------------------------------------------------------------- legible as rendered
+
+
+def _figure_builders() -> dict:
+    """Every figure function of dmd_book.plots, on small synthetic inputs shaped like the chapters' own."""
+    rng = np.random.default_rng(0)
+    epochs = np.arange(1, 9)
+    edge_frame = pd.DataFrame({e: 1 / 6 + 0.01 * k * np.log(epochs) for k, e in enumerate(EDGE_NAMES)}, index=epochs)
+    matrix = pd.DataFrame(rng.dirichlet(np.ones(6), 4), columns=EDGE_NAMES, index=[1111, 1112, 1113, 1114])
+    history = pd.DataFrame({"epoch": epochs, "valid_loss": 1 / epochs,
+                            **{f"train_{p}": rng.random(8) for p in ("task", "recon", "cycle", "ort", "margin",
+                                                                     "homo_gd", "hetero_gd", "total")}})  # fmt: skip
+    square = pd.DataFrame(rng.uniform(-1, 1, (6, 6)), index=[f"{k}_{m}" for k in "cs" for m in "LVA"],
+                          columns=[f"{k}_{m}" for k in "cs" for m in "LVA"])  # fmt: skip
+    ablation = pd.DataFrame({"Non0_acc_2 mean": [80.0, 78.0, 79.0], "Non0_acc_2 std": [1.0, 0.5, 0.7],
+                             "MAE mean": [0.7, 0.8, 0.75], "MAE std": [0.1, 0.05, 0.02], "seeds": [5, 5, 5]},
+                            index=["DMD (full)", "without decoupling losses", "without graph distillation"])  # fmt: skip
+    return {
+        "architecture": lambda: plots.architecture(),
+        "label_histogram": lambda: plots.label_histogram(
+            {"train": rng.uniform(-3, 3, 80), "valid": rng.uniform(-3, 3, 20), "test": rng.uniform(-3, 3, 40)}
+        ),  # fmt: skip
+        "modality_bars": lambda: plots.modality_bars(
+            pd.DataFrame({"MAE": [0.9, 1.1, 1.2, 0.8]}, index=["L", "V", "A", "all"]), "MAE", reference=1.3
+        ),
+        "feature_norms": lambda: plots.feature_norms(
+            {
+                "aligned_50": {m: rng.random(50) for m in "LVA"},
+                "unaligned_50": {"L": rng.random(50), "V": rng.random(500), "A": rng.random(375)},
+            }
+        ),  # fmt: skip
+        "similarity_heatmaps": lambda: plots.similarity_heatmaps({"untrained model": square, "trained model": square}),
+        "edges_heatmap": lambda: plots.edges_heatmap(
+            rng.dirichlet(np.ones(6), 16).T, title="HomoGD edges", prior=[1 / 6] * 6
+        ),  # fmt: skip
+        "edge_curves": lambda: plots.edge_curves(
+            {"HomoGD": edge_frame, "HeteroGD": edge_frame}, priors={"HomoGD": [0.1] * 6}
+        ),  # fmt: skip
+        "edge_graph": lambda: plots.edge_graph(rng.dirichlet(np.ones(6)), title="HomoGD"),
+        "edge_matrix": lambda: plots.edge_matrix({"HomoGD": matrix, "HeteroGD": matrix}),
+        "grouped_edge_bars": lambda: plots.grouped_edge_bars(
+            pd.DataFrame(rng.dirichlet(np.ones(6), 3), columns=EDGE_NAMES, index=["negative", "neutral", "positive"])
+        ),
+        "attention_map": lambda: plots.attention_map(rng.random((48, 48)), "L", "A"),
+        "loss_curves": lambda: plots.loss_curves(
+            history, ["task", "recon", "cycle", "ort", "margin", "homo_gd", "hetero_gd", "total"], valid="valid_loss"
+        ),  # fmt: skip
+        "ablation_bars": lambda: plots.ablation_bars(ablation),
+        "seed_curves": lambda: plots.seed_curves({"seed 1111": history, "seed 1112": history}, "valid_loss"),
+    }
+
+
+def _drawn_text_sizes(fig) -> list[tuple[float, str]]:
+    """(font size in points, text) of every text the figure draws: the renderer's own calls, so that tick labels
+    outside the view and empty titles, which are never drawn, do not count."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    drawn: list[tuple[float, str]] = []
+    draw_text = renderer.draw_text
+
+    def recording(gc, x, y, s, prop, angle, ismath=False, mtext=None):
+        if s.strip():
+            drawn.append((prop.get_size_in_points(), s))
+        return draw_text(gc, x, y, s, prop, angle, ismath=ismath, mtext=mtext)
+
+    renderer.draw_text = recording
+    fig.draw(renderer)
+    return drawn
+
+
+def _rendered_scale(fig) -> float:
+    """How much the page shrinks the figure: its saved width (tight bounding box plus the 0.1 in padding that the
+    notebook's inline backend adds, at the book's dpi) against the page's text column; 1 when it fits."""
+    bbox = fig.get_tightbbox(fig.canvas.get_renderer())
+    width_px = (bbox.width + 0.2) * plots.DPI
+    return min(1.0, plots.COLUMN_PX / width_px)
+
+
+def test_the_style_saves_figures_at_the_resolution_the_legibility_check_assumes():
+    plots.set_style()
+    assert plt.rcParams["figure.dpi"] == plots.DPI == plt.rcParams["savefig.dpi"]
+    assert plt.rcParams["font.size"] >= plots.MIN_FONT_PT
+
+
+@pytest.mark.parametrize("name", list(_figure_builders()))
+def test_every_text_of_every_figure_is_at_least_9_points_as_rendered_on_the_page(name):
+    with plt.rc_context():
+        plots.set_style()
+        fig = _figure_builders()[name]()
+        scale = _rendered_scale(fig)
+        sizes = _drawn_text_sizes(fig)
+    assert sizes, f"{name} draws no text"
+    small = sorted({(round(size * scale, 1), text[:30]) for size, text in sizes if size * scale < plots.MIN_FONT_PT})
+    width = fig.get_size_inches()[0]
+    assert not small, (f"{name} (figure {width:.1f} in wide, shown at {scale:.2f} of its size): texts under "
+                       f"{plots.MIN_FONT_PT} pt as rendered: {small[:8]}")  # fmt: skip

@@ -35,13 +35,25 @@ PALETTE: dict[str, str] = {"L": "#0072B2", "V": "#009E73", "A": "#D55E00"}
 NEUTRAL = "#7F7F7F"  # shared / modality-free things (the shared encoder, the fusion)
 STUDENT_LINESTYLE: dict[str, str] = {"L": "-", "V": "--", "A": ":"}
 
+# Legible as rendered. The book saves figures at DPI pixels per inch and the page shows a PNG pixel as a CSS
+# pixel, in a text column COLUMN_PX wide (sphinx-book-theme in a 1280 px window: 80 % of the page beside
+# the navigation, less the 17 rem "on this page" sidebar and 2 rem of padding on each side); a wider figure
+# is shrunk to the column. Every text must stay at least MIN_FONT_PT points as shown
+# (tests/test_plots.py), so a figure is at most COLUMN_PX / DPI (6.25) inches wide or has larger text.
+DPI = 110
+COLUMN_PX = 688
+MIN_FONT_PT = 9.0
+
 
 def set_style() -> None:
-    """The book's Matplotlib defaults (white grid, readable sizes, tight layout)."""
+    """The book's Matplotlib defaults: white grid, constrained layout, and text of at least :data:`MIN_FONT_PT`
+    points everywhere (ticks, legends and colour bars included) at :data:`DPI`."""
     plt.rcParams.update({
-        "figure.dpi": 110, "savefig.dpi": 110, "figure.autolayout": False, "figure.constrained_layout.use": True,
+        "figure.dpi": DPI, "savefig.dpi": DPI, "figure.autolayout": False, "figure.constrained_layout.use": True,
         "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False, "axes.spines.right": False,
-        "font.size": 10, "axes.titlesize": 11, "legend.frameon": False,
+        "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "xtick.labelsize": 9.5, "ytick.labelsize": 9.5,
+        "legend.fontsize": 9.5, "legend.title_fontsize": 10, "figure.titlesize": 11, "figure.labelsize": 10,
+        "legend.frameon": False,
     })  # fmt: skip
 
 
