@@ -22,13 +22,15 @@ class EpochStats:
     """One epoch's running sums, kept on the device (no host synchronisation per mini-batch).
 
     Every loss part, the GD edges summed over samples, and the first mini-batch whose loss was
-    not finite (with its loss parts), for the trainer's non-finite check.
+    not finite (with its loss parts), for the trainer's non-finite check. The counts of mini-batches
+    and samples are Python integers: known on the host, they need no tensor (a tensor built from
+    them would be a host-to-device copy per mini-batch).
     """
 
     def __init__(self, device: torch.device) -> None:
         self.sums = torch.zeros(len(PARTS), device=device)
         self.edges = torch.zeros(2, 6, device=device)  # homo, hetero
-        self.counts = torch.zeros(2, device=device)  # mini-batches, samples
+        self.batches, self.samples = 0, 0
         self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
         self.bad_parts = torch.zeros(len(PARTS), device=device)
 
@@ -40,12 +42,15 @@ class EpochStats:
         self.bad_parts = torch.where(newly_bad, values, self.bad_parts)
         self.edges[0] += out.homo_graph.edges.detach().float().sum(1)
         self.edges[1] += out.hetero_graph.edges.detach().float().sum(1)
-        self.counts += torch.tensor([1.0, out.prediction.shape[0]], device=self.counts.device)
+        self.batches += 1
+        self.samples += out.prediction.shape[0]
 
     def all_reduce(self) -> None:
         """Sum over DDP ranks; the first bad mini-batch is this rank's, else any other rank's."""
-        for t in (self.sums, self.edges, self.counts):
+        counts = torch.tensor([self.batches, self.samples], dtype=torch.long, device=self.sums.device)
+        for t in (self.sums, self.edges, counts):
             dist.all_reduce(t)
+        self.batches, self.samples = (int(c) for c in counts.tolist())
         any_bad = self.first_bad.clone()
         dist.all_reduce(any_bad, op=dist.ReduceOp.MAX)
         self.first_bad = torch.where(self.first_bad >= 0, self.first_bad, any_bad)
@@ -60,8 +65,8 @@ class EpochStats:
 
     def row(self) -> dict[str, float]:
         """``train_<part>`` (mean over mini-batches) and ``train_<unit>_<edge>`` (mean over samples)."""
-        sums, edges, (n_batches, n_samples) = self.sums.tolist(), self.edges.tolist(), self.counts.tolist()
-        row = {f"train_{p}": s / n_batches for p, s in zip(PARTS, sums)}
+        sums, edges = self.sums.tolist(), self.edges.tolist()
+        row = {f"train_{p}": s / self.batches for p, s in zip(PARTS, sums)}
         for unit, unit_edges in zip(("homo", "hetero"), edges):
-            row.update({f"train_{unit}_{e}": s / n_samples for e, s in zip(EDGE_NAMES, unit_edges)})
+            row.update({f"train_{unit}_{e}": s / self.samples for e, s in zip(EDGE_NAMES, unit_edges)})
         return row
