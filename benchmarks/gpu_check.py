@@ -112,8 +112,9 @@ TAIL_CHARS = 3000
 LOG_CHARS = 200_000  # of each step, in the combined log
 KILL_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this long
 COMPILE_ROW_MIN_S = 40.0  # a compiled bench row starts only with this much of the compile stage left
-GPU_TEST_FILES = ("tests/test_gpu.py", "tests/test_devices.py", "tests/test_data.py", "tests/test_model.py",
-                  "tests/test_train.py")  # fmt: skip
+# Where the suite's CUDA tests live (those of the files that exist).
+GPU_TEST_FILES = ("tests/test_gpu.py", "tests/test_devices.py", "tests/test_precision.py", "tests/test_rng.py",
+                  "tests/test_data.py", "tests/test_model.py", "tests/test_train.py")  # fmt: skip
 GPU_TESTS = "(test_gpu or cuda) and not compile"  # pytest -k: test_gpu.py, and tests elsewhere named for CUDA
 BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                  intermediate_size=3072, max_position_embeddings=512)  # fmt: skip
@@ -1013,6 +1014,9 @@ def main(argv: list[str] | None = None) -> int:
         code = run_stages(check, plan, reporter)
     except Interrupted as stop:
         report["interrupted"] = str(stop)
+        for result in report["stages"].values():  # stopped between two of its steps, or while its report was written
+            if result["status"] == "running":
+                result["status"] = "interrupted"
         code = 128 + stop.signum
         print(f"[gpu-check] stopped by {stop}: writing the report", flush=True)
     finally:
