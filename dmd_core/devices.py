@@ -78,19 +78,15 @@ def use_cuda_device(device: str | torch.device) -> torch.device:
 
 
 def configure_cuda(tf32: bool) -> None:
-    """TF32 matmuls and convolutions on (``tf32=True``) or off; no effect without CUDA.
+    """TF32 matmuls and cuDNN convolutions on (``tf32=True``) or off; no effect without CUDA.
 
-    Through PyTorch's ``fp32_precision`` settings where they exist (2.9 and later; cuBLAS
-    matmuls and cuDNN convolutions, RNNs left as they are), else the legacy ``allow_tf32``
-    flags. Never both: PyTorch refuses to read TF32 flags set through a mix of the two APIs,
-    so a user who set ``fp32_precision`` must not find the legacy flags touched.
+    Through ``torch.set_float32_matmul_precision`` (``"high"``: TF32; ``"highest"``: exact float32) and
+    ``torch.backends.cudnn.allow_tf32``, so that both of PyTorch's views agree: setting ``fp32_precision``
+    alone left the legacy flags in a state PyTorch refuses to read ("mix of the legacy and new APIs"),
+    and ``torch.compile`` and libraries read them. (cuDNN's flag also covers RNNs, which DMD has none of.)
     """
-    b = torch.backends
-    if hasattr(b.cuda.matmul, "fp32_precision") and hasattr(b.cudnn, "conv"):
-        b.cuda.matmul.fp32_precision = b.cudnn.conv.fp32_precision = "tf32" if tf32 else "ieee"
-    else:
-        b.cuda.matmul.allow_tf32 = tf32
-        b.cudnn.allow_tf32 = tf32
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    torch.backends.cudnn.allow_tf32 = tf32
 
 
 # ---- distributed -----------------------------------------------------------------------------------------------

@@ -155,26 +155,36 @@ def test_a_gpu_the_machine_lacks_and_cuda_without_cuda_are_refused_by_name():
 
 # ---- TF32 ----------------------------------------------------------------------------------------------------
 
-NEW_API = hasattr(torch.backends.cuda.matmul, "fp32_precision") and hasattr(torch.backends.cudnn, "conv")
+NEW_API = hasattr(torch.backends.cuda.matmul, "fp32_precision")
+
+
+def tf32_readers() -> dict[str, object]:
+    """What PyTorch, ``torch.compile`` and libraries read: the matmul precision and both legacy TF32 flags."""
+    return {
+        "matmul precision": torch.get_float32_matmul_precision(),
+        "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+        "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+    }
 
 
 @pytest.fixture
 def tf32_settings():
-    """The fp32_precision settings, restored after the test (they are process-wide)."""
-    knobs = [torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.cudnn.rnn]
-    saved = [k.fp32_precision for k in knobs]
-    yield knobs
-    for knob, value in zip(knobs, saved):
-        knob.fp32_precision = value
+    """Restores the TF32 settings (process-wide) through the same two calls, so that every reader answers after."""
+    saved = tf32_readers()
+    yield
+    torch.set_float32_matmul_precision(saved["matmul precision"])
+    torch.backends.cudnn.allow_tf32 = saved["cudnn.allow_tf32"]
+    assert tf32_readers() == saved
 
 
-@pytest.mark.skipif(not NEW_API, reason="PyTorch without the fp32_precision settings (before 2.9)")
-def test_configure_cuda_uses_the_fp32_precision_settings_and_leaves_the_rest_alone(tf32_settings):
-    matmul, conv, rnn = tf32_settings
-    for knob in tf32_settings:  # what a user may have set with PyTorch's new API before training
-        knob.fp32_precision = "ieee"
+@pytest.mark.parametrize("user", [None, "ieee", "tf32"])
+def test_every_tf32_reader_answers_after_configure_cuda_on_and_off(tf32_settings, user):
+    """PyTorch refuses to read TF32 flags set through a mix of its legacy and ``fp32_precision`` APIs (on the CPU
+    too): whatever a user set before (``user``: through the new API), both views must agree afterwards."""
+    if user is not None and NEW_API:
+        torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.conv.fp32_precision = user
     devices.configure_cuda(True)
-    assert (matmul.fp32_precision, conv.fp32_precision) == ("tf32", "tf32")
-    assert rnn.fp32_precision == "ieee", "the legacy cudnn flag also switches RNNs (which DMD does not use)"
+    assert tf32_readers() == {"matmul precision": "high", "cuda.matmul.allow_tf32": True, "cudnn.allow_tf32": True}
     devices.configure_cuda(False)
-    assert (matmul.fp32_precision, conv.fp32_precision, rnn.fp32_precision) == ("ieee", "ieee", "ieee")
+    assert tf32_readers() == {"matmul precision": "highest", "cuda.matmul.allow_tf32": False,
+                              "cudnn.allow_tf32": False}  # fmt: skip

@@ -31,6 +31,7 @@ from dmd_core import reference as R
 from dmd_core.bench import random_split
 from dmd_core.config import BertSpec, TrainConfig, preset
 from dmd_core.data import MMSADataset
+from dmd_core.devices import configure_cuda
 from dmd_core.trainer import Trainer
 
 from .conftest import tiny_config
@@ -65,34 +66,29 @@ def one_cpu_thread():
     torch.set_num_threads(before)
 
 
-def _tf32_knobs() -> tuple[list[tuple[object, str]], object]:
-    """The TF32 switches of cuBLAS and cuDNN and their "off" value: ``fp32_precision`` where this PyTorch
-    has it (2.9 and later), else the legacy ``allow_tf32`` flags. Never both: PyTorch refuses to read flags
-    set through a mix of the two APIs."""
-    b = torch.backends
-    if hasattr(b.cuda.matmul, "fp32_precision") and hasattr(b.cudnn, "conv"):
-        return [(b.cuda.matmul, "fp32_precision"), (b.cudnn.conv, "fp32_precision"),
-                (b.cudnn.rnn, "fp32_precision")], "ieee"  # fmt: skip
-    return [(b.cuda.matmul, "allow_tf32"), (b.cudnn, "allow_tf32")], False
+def _tf32_flags() -> dict[str, object]:
+    """TF32 as PyTorch reports it: the matmul precision and cuDNN's flag (``devices.configure_cuda`` sets both)."""
+    return {
+        "matmul precision": torch.get_float32_matmul_precision(),
+        "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
+    }
+
+
+def _set_tf32_flags(flags: dict[str, object]) -> None:
+    torch.set_float32_matmul_precision(flags["matmul precision"])
+    torch.backends.cudnn.allow_tf32 = flags["cudnn.allow_tf32"]
 
 
 @contextmanager
 def exact_fp32():
-    """float32 matmuls and convolutions without TF32; the previous settings are restored on exit."""
-    knobs, off = _tf32_knobs()
-    saved = [getattr(obj, name) for obj, name in knobs]
-    for obj, name in knobs:
-        setattr(obj, name, off)
+    """float32 matmuls and convolutions without TF32 (the trainer's switch, off); the previous settings are restored
+    on exit through the same calls, so that every reader of them answers afterwards."""
+    saved = _tf32_flags()
+    configure_cuda(False)
     try:
         yield
     finally:
-        for (obj, name), value in zip(knobs, saved):
-            setattr(obj, name, value)
-
-
-def _tf32_flags() -> list:
-    knobs, _ = _tf32_knobs()
-    return [getattr(obj, name) for obj, name in knobs]
+        _set_tf32_flags(saved)
 
 
 def _dataset(cfg, n: int = 48, eval_n: int = 16) -> MMSADataset:
@@ -121,7 +117,7 @@ def _bound_used(ours: dict, expected: dict) -> tuple[float, float]:
 def test_exact_fp32_turns_tf32_off_and_restores_the_flags(record_property):
     before = _tf32_flags()
     with exact_fp32():
-        assert all(value in ("ieee", False) for value in _tf32_flags())
+        assert _tf32_flags() == {"matmul precision": "highest", "cudnn.allow_tf32": False}
         if ON_CUDA:
             g = torch.Generator(device=DEVICE).manual_seed(0)
             a, b = (torch.randn(1024, 1024, device=DEVICE, generator=g) for _ in range(2))
@@ -131,13 +127,11 @@ def test_exact_fp32_turns_tf32_off_and_restores_the_flags(record_property):
             assert err < 1e-5, f"float32 matmul off by {err:.1e}: TF32 still on?"
     assert _tf32_flags() == before
     if ON_CUDA and torch.cuda.get_device_capability(DEVICE) >= (8, 0):  # TF32 exists: show that it would show
-        knobs, _ = _tf32_knobs()
-        obj, name = knobs[0]
-        setattr(obj, name, "tf32" if name == "fp32_precision" else True)
+        configure_cuda(True)
         try:
             err = _rel(a @ b, exact)
         finally:
-            setattr(obj, name, before[0])
+            _set_tf32_flags(before)
         record_property("tf32_matmul_rel_err", err)
         assert err > RTOL, f"TF32 matmul off by only {err:.1e}: the fixtures' bound would not tell it from float32"
 
