@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import nbformat
@@ -392,3 +395,42 @@ def test_the_timings_record_says_which_machine_measured_them(tmp_path, monkeypat
     assert record["seconds"] == {"01_data": 10.0, "02_decoupling": 20.5} and record["ci"] is False
     assert record["total_seconds"] == 30.5
     assert f"{os.cpu_count()} cores" in record["machine"]
+
+
+MAX_EQUATION_EX = 70  # about 560 CSS px at the page's 16 px font: the text column is about 690 px wide
+
+
+def test_the_method_pages_display_equations_fit_the_text_column():
+    # Typesets every display equation of the method page with the book's own MathJax (node), and checks that it
+    # parses and is at most MAX_EQUATION_EX wide; a wider one is broken over lines (aligned).
+    node = shutil.which("node") or shutil.which("nodejs")
+    spec = importlib.util.find_spec("sphinx-mathjax-offline")
+    if node is None or spec is None:
+        pytest.skip("needs node and sphinx-mathjax-offline (the book extra)")
+    mathjax = Path(spec.origin).parent / "static" / "mathjax" / "node-main.js"
+    equations = {f"{page.name}:{label or i}": body for page in [ROOT / "book" / "method.md"]
+                 for i, (body, label) in enumerate(re.findall(r"^\$\$\n(.*?)\n\$\$(?: \((\S+)\))?$",
+                                                                page.read_text(encoding="utf-8"), flags=re.S | re.M))}  # fmt: skip
+    assert len(equations) > 20, "the method page's equations were not found"
+    script = """
+const MJ = require(process.argv[1]);
+const equations = JSON.parse(require('fs').readFileSync(0, 'utf8'));
+MJ.init({loader: {load: ['input/tex', 'output/svg']}}).then((MathJax) => {
+  const out = {};
+  for (const [name, tex] of Object.entries(equations)) {
+    const html = MathJax.startup.adaptor.outerHTML(MathJax.tex2svg(tex, {display: true}));
+    const width = /width="([\\d.]+)ex"/.exec(html);
+    out[name] = {ex: width ? Number(width[1]) : null, error: html.includes('data-mjx-error')};
+  }
+  console.log(JSON.stringify(out));
+});
+"""
+    result = subprocess.run([node, "-e", script, str(mathjax)], input=json.dumps(equations), capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    widths = json.loads(result.stdout)
+    assert set(widths) == set(equations)
+    errors = [name for name, w in widths.items() if w["error"] or w["ex"] is None]
+    assert not errors, f"MathJax cannot typeset {errors}"
+    wide = {name: w["ex"] for name, w in widths.items() if w["ex"] > MAX_EQUATION_EX}
+    assert not wide, f"break these equations over lines (width in ex, limit {MAX_EQUATION_EX}): {wide}"
