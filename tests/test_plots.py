@@ -195,6 +195,7 @@ def _drawn_text_sizes(fig) -> list[tuple[float, str]]:
 def _rendered_scale(fig) -> float:
     """How much the page shrinks the figure: its saved width (tight bounding box plus the 0.1 in padding that the
     notebook's inline backend adds, at the book's dpi) against the page's text column; 1 when it fits."""
+    fig.canvas.draw()  # the layout engine places everything first
     bbox = fig.get_tightbbox(fig.canvas.get_renderer())
     width_px = (bbox.width + 0.2) * plots.DPI
     return min(1.0, plots.COLUMN_PX / width_px)

@@ -96,11 +96,11 @@ def _spread(values: Sequence[float], gap: float) -> np.ndarray:
 
 
 def _box(ax: Axes, x: float, y: float, w: float, h: float, text: str, color: str, fill: float = 0.18,
-         fontsize: float = 8.5, style: str = "-") -> None:  # fmt: skip
+         fontsize: float = 9.5, style: str = "-", **text_kw) -> None:  # fmt: skip
     face = (*plt.matplotlib.colors.to_rgb(color), fill)
-    ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.02,rounding_size=0.08", linewidth=1.2,
+    ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.02,rounding_size=0.06", linewidth=1.2,
                                 edgecolor=color, facecolor=face, linestyle=style))  # fmt: skip
-    ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=fontsize)
+    ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=fontsize, **text_kw)
 
 
 def _arrow(ax: Axes, start: tuple[float, float], end: tuple[float, float], color: str = "black",
@@ -110,61 +110,60 @@ def _arrow(ax: Axes, start: tuple[float, float], end: tuple[float, float], color
 
 
 def architecture(ax: Axes | None = None) -> Figure:
-    """Our drawing of DMD: projection, decoupling, the two branches with their GD-Units, fusion.
+    """Our drawing of DMD, top to bottom: projection, decoupling, the two branches with their GD-Units, fusion.
 
-    Rows are the modalities (L, V, A, in :data:`PALETTE` colours); grey boxes
-    belong to no single modality. The three grey "shared" boxes are one encoder
-    (the same weights). Dashed: used only by the losses.
+    Columns are the modalities (L, V, A, in :data:`PALETTE` colours); grey boxes belong to no
+    single modality. The three grey "shared" boxes are one encoder (the same weights). Drawn in
+    inches (6 x 7.6, the page's column) so that every label is at least 9 pt as shown.
     """
-    fig, ax = _axes(ax, (9.6, 5.1))
-    ax.set_xlim(-0.1, 15.0)
-    ax.set_ylim(-0.9, 7.3)
+    fig, ax = _axes(ax, (6.0, 7.6))
+    ax.set_xlim(0, 6.0)
+    ax.set_ylim(0, 7.6)
     ax.axis("off")
     ax.grid(False)
-    rows = {"L": 5.8, "V": 3.6, "A": 1.4}  # centre line of each modality's row
-    inputs = {"L": "language\n(BERT)", "V": "vision\n(face)", "A": "audio\n(voice)"}
-    hetero_y = {"L": 6.0, "V": 5.45, "A": 4.9}
-    for i, (m, y) in enumerate(rows.items()):
+    cols = {"L": 1.0, "V": 3.0, "A": 5.0}  # centre of each modality's column
+    inputs = {"L": "language (BERT)", "V": "vision (face)", "A": "audio (voice)"}
+    for m, x in cols.items():
         c = PALETTE[m]
-        _box(ax, 0.0, y - 0.4, 1.8, 0.8, inputs[m], c)
-        _box(ax, 2.2, y - 0.4, 1.4, 0.8, f"temporal conv\n$x_{m}$", c, fontsize=8)
-        _arrow(ax, (1.8, y), (2.2, y), c)
-        _box(ax, 4.2, y + 0.15, 1.4, 0.55, f"private $E_{m}$: $s_{m}$", c, fontsize=8)
-        _box(ax, 4.2, y - 0.75, 1.4, 0.55, f"shared $E_c$: $c_{m}$", NEUTRAL, fontsize=8)
-        _arrow(ax, (3.6, y + 0.1), (4.2, y + 0.42), c)
-        _arrow(ax, (3.6, y - 0.1), (4.2, y - 0.47), c)
-        _arrow(ax, (5.6, y + 0.42), (6.8, hetero_y[m]), c, width=0.9)
-        _arrow(ax, (5.6, y - 0.47), (6.6, 2.45 - 0.35 * i), NEUTRAL, width=0.9)
-    ax.text(4.9, rows["A"] - 1.0, "the grey $E_c$ boxes are one\nencoder (the same weights)", ha="center",
-            va="center", fontsize=7, color="#555555")  # fmt: skip
-    ax.text(0.0, -0.6, "decoders $D_m([s_m, c_m]) \\approx x_m$ and $E_m(D_m(\\cdot)) \\approx s_m$: "
-            "reconstruction and cycle losses;\northogonality between $s_m$ and $c_m$; margin loss on $c_m$",
-            fontsize=7.5, style="italic", va="center",
-            bbox=dict(boxstyle="round", facecolor="white", edgecolor=NEUTRAL, linestyle="--"))  # fmt: skip
-    # Heterogeneous branch on private features.
-    _box(ax, 6.6, 3.9, 3.2, 3.1, "", NEUTRAL, fill=0.06)
-    ax.text(8.2, 6.65, "heterogeneous branch (on $s_m$)", ha="center", fontsize=8.5, weight="bold")
-    for m in MODALITIES:
-        a, b = (n for n in MODALITIES if n != m)
-        _box(ax, 6.8, hetero_y[m] - 0.21, 2.8, 0.42, f"cross-modal {m} ← {a}, {b}", PALETTE[m],
-             fontsize=7.2)  # fmt: skip
-    _box(ax, 6.8, 4.05, 2.8, 0.45, "HeteroGD-Unit\n(prior: L→V, L→A, V→A)", NEUTRAL, fill=0.3, fontsize=7.2)
-    # Homogeneous branch on shared features.
-    _box(ax, 6.6, 0.0, 3.2, 3.4, "", NEUTRAL, fill=0.06)
-    ax.text(8.2, 3.08, "homogeneous branch (on $c_m$)", ha="center", fontsize=8.5, weight="bold")
+        _box(ax, x - 0.85, 7.0, 1.7, 0.45, inputs[m], c)
+        _arrow(ax, (x, 7.0), (x, 6.62), c)
+        _box(ax, x - 0.85, 6.15, 1.7, 0.45, f"temporal conv: $x_{m}$", c)
+        _arrow(ax, (x - 0.3, 6.15), (x - 0.45, 5.67), c)
+        _arrow(ax, (x + 0.3, 6.15), (x + 0.45, 5.67), c)
+        _box(ax, x - 0.92, 5.2, 0.86, 0.45, f"private $s_{m}$", c)
+        _box(ax, x + 0.06, 5.2, 0.86, 0.45, f"shared $c_{m}$", NEUTRAL)
+    ax.text(3.0, 4.9, "private encoders $E_m$: one per modality; shared encoder $E_c$ (grey): one for all three",
+            ha="center", va="center", fontsize=9, color="#444444", zorder=5,
+            bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none"))  # fmt: skip
+    # The two branches: heterogeneous (private features) on the left, homogeneous (shared) on the right.
+    _box(ax, 0.05, 2.35, 2.9, 2.25, "", NEUTRAL, fill=0.06)
+    _box(ax, 3.05, 2.35, 2.9, 2.25, "", NEUTRAL, fill=0.06)
+    ax.text(1.5, 4.38, "heterogeneous branch", ha="center", va="center", fontsize=9.5, weight="bold")
+    ax.text(4.5, 4.38, "homogeneous branch", ha="center", va="center", fontsize=9.5, weight="bold")
+    ax.text(1.5, 4.1, "on the private $s_m$", ha="center", va="center", fontsize=9)
+    ax.text(4.5, 4.1, "on the shared $c_m$", ha="center", va="center", fontsize=9)
+    for m, x in cols.items():
+        _arrow(ax, (x - 0.49, 5.2), (1.5 + 0.25 * (x - 3.0), 4.62), PALETTE[m], width=0.9)
+        _arrow(ax, (x + 0.49, 5.2), (4.5 + 0.25 * (x - 3.0), 4.62), NEUTRAL, width=0.9)
+    ax.text(1.5, 3.8, "cross-modal Transformers", ha="center", va="center", fontsize=9)
     for i, m in enumerate(MODALITIES):
-        _box(ax, 6.8 + 0.95 * i, 2.2, 0.85, 0.55, f"head $c_{m}$", PALETTE[m], fontsize=7.2)
-    _box(ax, 6.8, 1.35, 2.8, 0.5, "HomoGD-Unit\n(prior: L→V, L→A)", NEUTRAL, fill=0.3, fontsize=7.2)
-    _box(ax, 6.8, 0.15, 2.8, 0.85, "self-attention per modality,\nlast step, concatenated: $c_f$", NEUTRAL,
-         fontsize=7.5)  # fmt: skip
+        a, b = (n for n in MODALITIES if n != m)
+        _box(ax, 0.15 + 0.93 * i, 3.3, 0.85, 0.38, f"{m} ← {a},{b}", PALETTE[m], fontsize=9)
+        _box(ax, 3.15 + 0.93 * i, 3.3, 0.85, 0.38, f"head $c_{m}$", PALETTE[m], fontsize=9)
+    ax.text(4.5, 3.8, "a head per modality", ha="center", va="center", fontsize=9)
+    _box(ax, 0.15, 2.45, 2.7, 0.65, "HeteroGD-Unit\nprior: L→V, L→A, V→A", NEUTRAL, fill=0.3, fontsize=9)
+    _box(ax, 3.15, 2.45, 1.45, 0.65, "HomoGD-Unit\nprior: L→V, L→A", NEUTRAL, fill=0.3, fontsize=9)
+    _box(ax, 4.7, 2.45, 1.15, 0.65, "self-attention\n→ $c_f$", NEUTRAL, fontsize=9)
     # Fusion and prediction.
-    _box(ax, 10.6, 2.7, 1.9, 1.6, "fusion of\n$\\sigma(g_L), \\sigma(g_V),$\n$\\sigma(g_A), \\sigma(c_f)$", NEUTRAL)
-    _arrow(ax, (9.8, 5.4), (11.2, 4.3), NEUTRAL)
-    _arrow(ax, (9.8, 0.6), (11.2, 2.7), NEUTRAL)
-    _box(ax, 13.1, 3.15, 1.2, 0.7, "$\\hat y$", "black", fill=0.05, fontsize=12)
-    _arrow(ax, (12.5, 3.5), (13.1, 3.5))
-    ax.text(10.6, 0.1, "task loss: L1 on 8 predictions\n($\\hat y$, 3 homo, 3 hetero, $c_f$ head)\n"
-            "GD losses: edge-weighted\ndistillation + prior regulariser", fontsize=7.5, style="italic",
+    _arrow(ax, (1.5, 2.35), (2.2, 1.92), NEUTRAL)
+    _arrow(ax, (4.5, 2.35), (3.8, 1.92), NEUTRAL)
+    _box(ax, 1.2, 1.3, 3.6, 0.6, "fusion of $\\sigma(g_L), \\sigma(g_V), \\sigma(g_A), \\sigma(c_f)$ → $\\hat y$",
+         NEUTRAL)  # fmt: skip
+    notes = ("losses: the task loss (L1 on 8 predictions: $\\hat y$, 3 homo, 3 hetero, the $c_f$ head);\n"
+             "decoupling: reconstruction $D_m([s_m, c_m]) \\approx x_m$, cycle $E_m(D_m(\\cdot)) \\approx s_m$,\n"
+             "orthogonality of $s_m$ and $c_m$, margin on $c_m$; each GD-Unit: edge-weighted\n"
+             "distillation and a prior regulariser")  # fmt: skip
+    ax.text(3.0, 0.55, notes, ha="center", va="center", fontsize=9, style="italic", linespacing=1.35,
             bbox=dict(boxstyle="round", facecolor="white", edgecolor=NEUTRAL, linestyle="--"))  # fmt: skip
     return fig
 
@@ -174,7 +173,7 @@ def architecture(ax: Axes | None = None) -> Figure:
 
 def label_histogram(labels: Mapping[str, np.ndarray], ax: Axes | None = None, bins: int = 25) -> Figure:
     """Histograms of the sentiment labels per split (``{"train": (N,), ...}``), as densities."""
-    fig, ax = _axes(ax, (6.5, 3.2))
+    fig, ax = _axes(ax, (5.8, 3.0))
     edges = np.linspace(-3, 3, bins + 1)
     colors = dict(zip(labels, ["#444444", "#999999", "#CC79A7", "#E69F00"]))
     for name, y in labels.items():
@@ -187,23 +186,28 @@ def label_histogram(labels: Mapping[str, np.ndarray], ax: Axes | None = None, bi
 
 
 def modality_bars(table: pd.DataFrame, metric: str, ax: Axes | None = None, reference: float | None = None,
-                  reference_label: str = "predict the mean") -> Figure:  # fmt: skip
-    """Bar chart of ``table[metric]`` with one bar per row; rows named by modality get its colour.
+                  reference_label: str = "predict the mean", digits: int = 2) -> Figure:  # fmt: skip
+    """Horizontal bars of ``table[metric]``, one per row (first on top); rows named by modality get its colour.
 
     ``table`` is indexed by modality (``"L"``, ``"V"``, ``"A"``, or anything else,
-    drawn grey). ``reference`` draws a dashed baseline.
+    drawn grey). ``reference`` draws a dashed line (e.g. predicting the training mean).
     """
-    fig, ax = _axes(ax, (4.5, 3.0))
+    fig, ax = _axes(ax, (3.0, 2.6))
     names = [str(i) for i in table.index]
     colors = [PALETTE.get(n, NEUTRAL) for n in names]
     labels = [MODALITY_NAMES.get(n, n) for n in names]
-    ax.bar(labels, table[metric].to_numpy(), color=colors)
-    for i, v in enumerate(table[metric].to_numpy()):
-        ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+    values = table[metric].to_numpy(dtype=float)
+    y = np.arange(len(names))[::-1]
+    ax.barh(y, values, color=colors)
+    for yi, v in zip(y, values):
+        ax.text(v, yi, f" {v:.{digits}f}", ha="left", va="center", fontsize=9.5)
+    ax.set_yticks(y, labels)
+    ax.set_xlim(0, 1.25 * max(float(np.nanmax(values)), reference or 0.0))
     if reference is not None:
-        ax.axhline(reference, color="black", linestyle="--", linewidth=1, label=reference_label)
-        ax.legend(loc="lower right")
-    ax.set_ylabel(metric)
+        ax.axvline(reference, color="black", linestyle="--", linewidth=1, label=reference_label)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.28), handlelength=1.8)
+    ax.set_xlabel(metric)
+    ax.grid(axis="y", visible=False)
     return fig
 
 
@@ -212,15 +216,15 @@ def feature_norms(series: Mapping[str, Mapping[str, np.ndarray]], ylabel: str = 
 
     Zero norms are padding (and, in aligned files, the ``[CLS]``/``[SEP]`` positions).
     """
-    fig, axes = plt.subplots(1, len(series), figsize=(5.0 * len(series), 2.8), squeeze=False)
-    for ax, (title, norms) in zip(axes[0], series.items()):
+    fig, axes = plt.subplots(len(series), 1, figsize=(5.8, 2.3 * len(series)), squeeze=False)
+    for ax, (title, norms) in zip(axes[:, 0], series.items()):
         for m, values in norms.items():
             ax.plot(np.arange(len(values)), values, color=PALETTE[m], linewidth=1.3,
                     label=f"{MODALITY_NAMES[m]} ({len(values)} steps)")  # fmt: skip
         ax.set_title(title)
-        ax.set_xlabel("time step")
-        ax.legend(fontsize=7.5)
-    axes[0][0].set_ylabel(ylabel)
+        ax.set_ylabel(ylabel)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    axes[-1][0].set_xlabel("time step")
     return fig
 
 
@@ -228,19 +232,23 @@ def feature_norms(series: Mapping[str, Mapping[str, np.ndarray]], ylabel: str = 
 
 
 def similarity_heatmaps(matrices: Mapping[str, pd.DataFrame], vmin: float = -1.0, vmax: float = 1.0) -> Figure:
-    """Side-by-side annotated heatmaps (e.g. before and after training) of square similarity tables."""
-    fig, axes = plt.subplots(1, len(matrices), figsize=(4.3 * len(matrices), 3.9))
-    axes = np.atleast_1d(axes)
-    for ax, (title, mat) in zip(axes, matrices.items()):
+    """Annotated heatmaps of square similarity tables (e.g. before and after training), two per row."""
+    n = len(matrices)
+    ncols = min(n, 2)
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.75 * ncols + 0.4, 3.0 * nrows), squeeze=False)
+    for ax, (title, mat) in zip(axes.ravel(), matrices.items()):
         im = ax.imshow(mat.to_numpy(), vmin=vmin, vmax=vmax, cmap="RdBu_r")
-        ax.set_xticks(range(mat.shape[1]), mat.columns, rotation=45, ha="right")
+        ax.set_xticks(range(mat.shape[1]), mat.columns, rotation=90)
         ax.set_yticks(range(mat.shape[0]), mat.index)
         for (i, j), v in np.ndenumerate(mat.to_numpy()):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7.5,
+            ax.text(j, i, f"{v:.1f}".replace("-", "\u2212"), ha="center", va="center", fontsize=9,
                     color="white" if abs(v) > 0.6 * vmax else "black")  # fmt: skip
         ax.set_title(title)
         ax.grid(False)
-    fig.colorbar(im, ax=list(axes), shrink=0.8, label="cosine similarity")
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    fig.colorbar(im, ax=list(axes.ravel()), shrink=0.8, label="cosine similarity")
     return fig
 
 
@@ -254,7 +262,7 @@ def edges_heatmap(edges: np.ndarray, ax: Axes | None = None, title: str = "", pr
     ``prior`` (six values) adds a column ``prior`` on the right for comparison.
     """
     edges = np.asarray(edges)[:, :max_samples]
-    fig, ax = _axes(ax, (7.5, 2.6))
+    fig, ax = _axes(ax, (6.0, 2.8))
     data = edges if prior is None else np.concatenate([edges, np.full((6, 1), np.nan), np.asarray(prior)[:, None]], 1)
     im = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0)
     ax.set_yticks(range(6), EDGE_NAMES)
