@@ -28,7 +28,7 @@ Results: ``outcomes.md`` in ``--out`` (default ``benchmarks/results``) with the 
 the raw record (every run: predictions, per-epoch validation curve, learning rates) in ``--out``/raw.
 
 Run: ``python benchmarks/compare_outcomes.py --reference DIR [--data-seeds 7 8] [--seeds 10]
-[--sizes 320 64 686] [--epochs 6] [--lr 1e-3] [--accumulation 1] [--batch-size 16] [--workers 2] [--out DIR]``
+[--sizes 256 64 686] [--epochs 5] [--lr 1e-3] [--accumulation 1] [--batch-size 16] [--workers 2] [--out DIR]``
 (needs ``easydict`` for the reference; about an hour on two cores with the defaults). ``--quick``: a smoke test.
 """
 
@@ -79,7 +79,7 @@ MAX_ACC2_HALF_WIDTH = 3.0  # points: the interval the verdict asks for
 class Recipe:
     """What both sides are given (everything else is the official MOSI recipe on both)."""
 
-    epochs: int = 6
+    epochs: int = 5
     lr: float = 1e-3
     accumulation: int = 1
     batch_size: int = 16
@@ -443,7 +443,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--reference", type=Path, required=True, help="checkout of https://github.com/mdswyz/DMD")
     parser.add_argument("--data-seeds", type=int, nargs="+", default=[7, 8],
                         help="generator seeds of the synthetic files, one file each (at least two)")  # fmt: skip
-    parser.add_argument("--sizes", type=int, nargs=3, default=[320, 64, 686], metavar=("TRAIN", "VALID", "TEST"),
+    parser.add_argument("--sizes", type=int, nargs=3, default=[256, 64, 686], metavar=("TRAIN", "VALID", "TEST"),
                         help="split sizes of each file")  # fmt: skip
     parser.add_argument("--seeds", type=int, default=10, help="training seeds per side and file (1111, 1112, ...)")
     parser.add_argument("--epochs", type=int, default=Recipe.epochs)

@@ -144,7 +144,7 @@ def fake_reference(tmp_path) -> Path:
 
 def test_arguments_are_checked_with_the_reason(fake_reference, tmp_path, capsys):
     args = outcomes.parse_args(["--reference", str(fake_reference)])
-    assert (args.data_seeds, args.seeds, args.sizes, args.workers) == ([7, 8], 10, [320, 64, 686], 2)
+    assert (args.data_seeds, args.seeds, args.sizes, args.workers) == ([7, 8], 10, [256, 64, 686], 2)
     quick = outcomes.parse_args(["--reference", str(fake_reference), "--quick"])
     assert (quick.seeds, quick.epochs, quick.sizes) == (2, 1, [32, 16, 16])
     for argv, message in [
