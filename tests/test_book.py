@@ -434,3 +434,12 @@ MJ.init({loader: {load: ['input/tex', 'output/svg']}}).then((MathJax) => {
     assert not errors, f"MathJax cannot typeset {errors}"
     wide = {name: w["ex"] for name, w in widths.items() if w["ex"] > MAX_EQUATION_EX}
     assert not wide, f"break these equations over lines (width in ex, limit {MAX_EQUATION_EX}): {wide}"
+
+
+def test_the_introduction_points_at_the_builds_own_timings_instead_of_typing_a_build_time():
+    intro = (ROOT / "book" / "intro.md").read_text(encoding="utf-8")
+    assert "book/executed/timings.json" in intro
+    typed = re.findall(
+        r"(?:took|takes|in)\s+(?:about\s+)?[\d.]+(?:\s+to\s+[\d.]+)?\s*(?:min|minutes|s\b|seconds)", intro
+    )
+    assert not typed, f"a build time typed into the introduction, which the next build may contradict: {typed}"
