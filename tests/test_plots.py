@@ -11,9 +11,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from matplotlib.patches import FancyArrowPatch  # noqa: E402
 
-from dmd_book import plots  # noqa: E402
+from dmd_book import chapters13, plots  # noqa: E402
 from dmd_core.distill import EDGE_NAMES  # noqa: E402
 
 
@@ -139,7 +140,17 @@ def _figure_builders() -> dict:
     ablation = pd.DataFrame({"Non0_acc_2 mean": [80.0, 78.0, 79.0], "Non0_acc_2 std": [1.0, 0.5, 0.7],
                              "MAE mean": [0.7, 0.8, 0.75], "MAE std": [0.1, 0.05, 0.02], "seeds": [5, 5, 5]},
                             index=["DMD (full)", "without decoupling losses", "without graph distillation"])  # fmt: skip
+    probes = pd.DataFrame({"MAE": [0.80, 1.05, 1.13, 0.77], "Non0_acc_2": [0.77, 0.63, 0.59, 0.81]},
+                          index=["L", "V", "A", "all"])  # fmt: skip
+    spaces = [f"{k}_{m}" for m in "LVA" for k in "cs"]
+    factors = chapters13.per_seed({seed: {state: pd.DataFrame(rng.random((6, 2)), index=spaces,
+                                                              columns=["share sentiment", "share private"])
+                                          for state in ("untrained", "trained")} for seed in (1, 2, 3)})  # fmt: skip
+    terms = chapters13.edge_terms(torch.randn(3, 1, 1), torch.softmax(torch.randn(6, 1), 0), torch.rand(6))
     return {
+        "chapters13.probe_figure": lambda: chapters13.probe_figure(probes, {"Non0_acc_2": 0.52, "MAE": 1.15}),
+        "chapters13.factor_figure": lambda: chapters13.factor_figure(factors),
+        "chapters13.gd_unit_figure": lambda: chapters13.gd_unit_figure(terms, {"L": 0.52, "V": -0.31, "A": 1.2}),
         "architecture": lambda: plots.architecture(),
         "label_histogram": lambda: plots.label_histogram(
             {"train": rng.uniform(-3, 3, 80), "valid": rng.uniform(-3, 3, 20), "test": rng.uniform(-3, 3, 40)}
