@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from dmd_core import kernels
-from dmd_core.kernels import native
+from dmd_core.kernels import native, switch
 from dmd_core.kernels import tiled as C
 from dmd_core.transformer import TransformerEncoder, future_mask
 
@@ -183,7 +183,7 @@ def test_what_the_kernel_does_not_take_goes_to_the_pytorch_tiling(lib, monkeypat
     assert not C.uses_native(*wide, 0, 0.0)  # heads wider than 64
     expected = _dense(*wide, _offset_mask(6, 6, 0))
     torch.testing.assert_close(C.tiled_attention(*wide, 0, 0.0).double(), expected, atol=2e-6, rtol=1e-5)
-    monkeypatch.setattr(kernels, "BACKEND", "tiled")
+    monkeypatch.setattr(switch, "BACKEND", "tiled")
     assert not C.uses_native(q, k, v, 0, 0.1)
 
 
@@ -193,7 +193,7 @@ def test_an_encoder_gives_the_same_function_with_and_without_the_kernel(lib, mon
     x, src = torch.randn(13, 3, 20), torch.randn(21, 3, 20)
     runs = []
     for use in (True, False):
-        monkeypatch.setattr(kernels, "BACKEND", "auto" if use else "tiled")
+        monkeypatch.setattr(switch, "BACKEND", "auto" if use else "tiled")
         enc.zero_grad()
         out = enc(x, src)
         out.square().sum().backward()

@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 
 from dmd_core import kernels
-from dmd_core.kernels import native
+from dmd_core.kernels import native, switch
 from dmd_core.kernels import tiled as C
 from dmd_core.transformer import MultiheadAttention, TransformerEncoder, future_mask
 
 
 @pytest.fixture(autouse=True)
 def pytorch_tiling(monkeypatch):
-    monkeypatch.setattr(kernels, "BACKEND", "tiled")
+    monkeypatch.setattr(switch, "BACKEND", "tiled")
 
 
 @pytest.fixture(params=[False, True], ids=["pytorch", "native"])
@@ -27,7 +27,7 @@ def either_path(request, monkeypatch):
     """Runs a test once with the PyTorch tiling and once with the compiled kernel (where it builds)."""
     if request.param and native.library() is None:
         pytest.skip("the native kernel did not build here")
-    monkeypatch.setattr(kernels, "BACKEND", "auto" if request.param else "tiled")
+    monkeypatch.setattr(switch, "BACKEND", "auto" if request.param else "tiled")
     return request.param
 
 
@@ -210,7 +210,7 @@ def test_every_backend_computes_the_plain_definition(monkeypatch, backend):
 
     if backend == "auto" and native.library() is None:
         pytest.skip("the native kernel did not build here")
-    monkeypatch.setattr(kernels, "BACKEND", backend)
+    monkeypatch.setattr(switch, "BACKEND", backend)
     torch.manual_seed(0)
     heads, batch, dim = 2, 3, 10
     for lq, lk in ((6, 6), (4, 9), (9, 4)):

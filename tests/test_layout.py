@@ -19,7 +19,7 @@ METHOD = ("config", "model", "text_encoder", "transformer", "distill", "losses",
 # What the method may use besides itself: the kernels' entry points (kernels/__init__.py: attention and dropout,
 # which dispatch to the speed code) and the plain functions they equal, and the model folder's format (hub: the
 # PyTorchModelHubMixin that DMD inherits). Exact modules only.
-SUPPORT = ("kernels", "kernels.definition", "hub")
+SUPPORT = ("kernels", "kernels.definition", "kernels.switch", "hub")
 # Running, measuring, sharing and reading the method. A package named here (cli, data) is machinery as a whole,
 # its new modules with it.
 MACHINERY = ("__init__", "cli", "data", "analysis", "bench", "devices", "epoch_stats", "evaluation", "export",

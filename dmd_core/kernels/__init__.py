@@ -10,53 +10,30 @@ plain definitions in :mod:`dmd_core.kernels.definition`, only faster:
 * on GPUs (and under ``torch.compile``), attention is PyTorch's
   ``scaled_dot_product_attention`` and dropout is ``F.dropout``.
 
-**One switch** chooses: :data:`BACKEND`, set from the environment variable ``DMD_KERNELS`` at
-import (``auto``, the default; ``tiled``: never build or use the compiled kernel; ``torch``:
-PyTorch's own functions everywhere) and changed for a block with :func:`use`.
+**One switch** chooses (:mod:`~dmd_core.kernels.switch`): ``kernels.BACKEND``, set from the environment
+variable ``DMD_KERNELS`` at import (``auto``, the default; ``tiled``: never build or use the compiled kernel;
+``torch``: PyTorch's own functions everywhere) and changed for a block with :func:`use`.
 """
 
 from __future__ import annotations
 
 import functools
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from . import definition, tiled
-
-Backend = Literal["auto", "tiled", "torch"]
-BACKENDS: tuple[str, ...] = ("auto", "tiled", "torch")
+from . import definition, switch, tiled
+from .switch import BACKENDS, Backend, use
 
 
-def _from_environment() -> Backend:
-    value = os.environ.get("DMD_KERNELS", "auto").strip().lower() or "auto"
-    if value not in BACKENDS:
-        raise ValueError(f"DMD_KERNELS={value!r}: expected one of {', '.join(BACKENDS)}")
-    return value  # type: ignore[return-value]
-
-
-BACKEND: Backend = _from_environment()
-
-
-@contextmanager
-def use(backend: Backend) -> Iterator[None]:
-    """Run a block with another :data:`BACKEND` (restored afterwards), e.g. ``use("torch")``."""
-    global BACKEND
-    if backend not in BACKENDS:
-        raise ValueError(f"kernels.use({backend!r}): expected one of {', '.join(BACKENDS)}")
-    saved, BACKEND = BACKEND, backend
-    try:
-        yield
-    finally:
-        BACKEND = saved
+def __getattr__(name: str):
+    if name == "BACKEND":  # the switch's current value (use() changes it)
+        return switch.BACKEND
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _fast_cpu(t: torch.Tensor) -> bool:
-    return t.device.type == "cpu" and BACKEND != "torch" and not torch.compiler.is_compiling()
+    return t.device.type == "cpu" and switch.BACKEND != "torch" and not torch.compiler.is_compiling()
 
 
 def attention(
@@ -109,4 +86,4 @@ def _future_mask(len_q: int, len_k: int, device: torch.device) -> torch.Tensor:
     return definition.future_mask(len_q, len_k, device)
 
 
-__all__ = ["BACKEND", "BACKENDS", "use", "attention", "dropout", "definition"]
+__all__ = ["BACKEND", "BACKENDS", "Backend", "use", "attention", "dropout", "definition"]

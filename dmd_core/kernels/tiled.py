@@ -50,7 +50,7 @@ import functools
 import numpy as np
 import torch
 
-from . import native
+from . import native, switch
 
 BLOCK_BYTES = 1 << 20  # ~1 MiB of scores per tile: fits a core's L2 (measured best among 0.5-4 MiB)
 ROW_CHUNK = 64  # query rows per tile when a mask lets whole key ranges be skipped
@@ -275,12 +275,10 @@ def uses_native(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, p: floa
     """Whether :func:`tiled_attention` runs the compiled kernel for these arguments.
 
     It does for float32 CPU tensors, masks given as None or an offset >= 0, ``p < 1``, head
-    size up to 64, when the switch allows it (``dmd_core.kernels.BACKEND == "auto"``) and the kernel
+    size up to 64, when the switch allows it (:data:`dmd_core.kernels.switch.BACKEND` is ``"auto"``) and the kernel
     builds; otherwise the PyTorch tiling computes the same function.
     """
-    from . import BACKEND  # the package's one switch (read at call time: kernels.use() changes it)
-
-    if BACKEND != "auto" or isinstance(mask, torch.Tensor) or (mask is not None and mask < 0) or p >= 1:
+    if switch.BACKEND != "auto" or isinstance(mask, torch.Tensor) or (mask is not None and mask < 0) or p >= 1:
         return False
     if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in (q, k, v)) or not 0 < q.shape[-1] <= 64:
         return False
