@@ -4,7 +4,8 @@ The method, one idea per file: :mod:`~dmd_core.config` (presets), :mod:`~dmd_cor
 network), :mod:`~dmd_core.text_encoder` (BERT), :mod:`~dmd_core.transformer` (cross-modal
 attention), :mod:`~dmd_core.distill` (GD-Units), :mod:`~dmd_core.losses`, :mod:`~dmd_core.metrics`.
 Running it: :mod:`~dmd_core.trainer` (the recipe), :mod:`~dmd_core.evaluation`, :mod:`~dmd_core.runs`
-(run folders), :mod:`~dmd_core.devices`, :mod:`~dmd_core.data` (MMSA files, synthetic files),
+(run folders), :mod:`~dmd_core.devices` (devices, ``torchrun``), :mod:`~dmd_core.precision` (autocast, the fp16
+clip), :mod:`~dmd_core.rng` (seeds, RNG states), :mod:`~dmd_core.epoch_stats`, :mod:`~dmd_core.data` (MMSA files, synthetic files),
 :mod:`~dmd_core.hub` (the model folder of ``save_pretrained`` / ``from_pretrained``),
 :mod:`~dmd_core.export` (a run's model: ``load_model``, ``dmd export``), :mod:`~dmd_core.tensorboard`.
 Machinery a reader may skip: :mod:`~dmd_core.kernels` (fast attention and dropout),
