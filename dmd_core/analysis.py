@@ -4,7 +4,8 @@
 * :func:`decoupled_features`, :func:`feature_similarity`: shared versus private features across modalities.
 * :func:`attention_weights`: the cross-modal attention that feeds HeteroGD.
 * :func:`edge_history`, :func:`mean_edges`, :func:`edges_by_class`, :func:`teacher_mass`,
-  :class:`EdgeComparison`: the GD-Units' edges over training, samples and settings.
+  :class:`EdgeComparison`, :func:`seed_edges`, :func:`teacher_shares`: the GD-Units' edges over training,
+  samples, seeds and settings; :func:`planted_incongruent`: a synthetic file's incongruent samples.
 * :func:`ablation_table`: test metrics of several multi-seed runs side by side.
 
 Nothing here draws: the book's figures, and the chapters' own plumbing (settings, run reuse, generated
@@ -335,6 +336,44 @@ def class_spread(table: pd.DataFrame) -> float:
     """Largest difference between sentiment classes of any edge's mean (a table of :func:`edges_by_class`)."""
     edges = table[[e for e in EDGE_NAMES if e in table.columns]]
     return float((edges.max() - edges.min()).max())
+
+
+def seed_edges(seed_runs: SeedRuns, branch: str = "homo") -> pd.DataFrame:
+    """Per seed, the mean graph of the tested model (best-validation weights) over the test samples.
+
+    Rows: seeds; columns :data:`EDGE_NAMES` (each row sums to 1). The per-seed numbers that an interval over
+    seeds needs (book/dmd_book/stats.py); :func:`mean_edges` is one seed's row.
+    """
+    rows = {seed: mean_edges(run.test_predictions, branch) for seed, run in seed_runs.runs.items()}
+    frame = pd.DataFrame(rows).T[list(EDGE_NAMES)]
+    frame.index.name = "seed"
+    return frame
+
+
+def teacher_shares(edges: pd.DataFrame) -> pd.DataFrame:
+    """Each row's teacher shares (columns ``L``, ``V``, ``A``: the weight each modality sends out; 1/3 when
+    uniform) from a table whose columns are :data:`EDGE_NAMES` (e.g. :func:`seed_edges`)."""
+    return pd.DataFrame({m: [teacher_mass(row, m) for _, row in edges.iterrows()] for m in MODALITIES},
+                        index=edges.index)  # fmt: skip
+
+
+def planted_incongruent(ds: Any, split: str = "test") -> pd.Series:
+    """Whether each sample of ``split`` of a synthetic file is incongruent (its words express an unrelated
+    sentiment and vision or audio carries the true one; :mod:`dmd_core.data.synth`), indexed by sample id.
+
+    Read from the file's ``synth`` key (the generator's latent variables); a real file has none.
+    """
+    synth = getattr(ds, "extra", {}).get("synth") or {}
+    latent = (synth.get("latent") or {}).get(split) or {}
+    if "incongruent" not in latent:
+        raise ValueError(f"planted_incongruent: the file has no synth.latent.{split}.incongruent (not a synthetic "
+                         "file written by dmd_core.data.synth)")  # fmt: skip
+    flags = np.asarray(latent["incongruent"], dtype=bool)
+    ids = [str(i) for i in ds[split].ids]
+    if len(ids) != len(flags):
+        raise ValueError(f"planted_incongruent: synth.latent.{split}.incongruent holds {len(flags)} flags, the "
+                         f"split {len(ids)} samples")  # fmt: skip
+    return pd.Series(flags, index=pd.Index(ids, name="id"), name="incongruent")
 
 
 def edge_summary(runs: Mapping[str, Run], source: str = "final") -> pd.DataFrame:

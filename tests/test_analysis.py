@@ -277,22 +277,21 @@ def test_gd_unit_table_contrasts_the_two_units():
 def test_recipe_table_and_note_name_every_departure_from_the_recipe(settings, ds):
     cfg, tc = settings.model_config(ds), settings.train_config()
     table = book.recipe_table(cfg, tc, preset("mosi"))
-    assert table.loc["learning rate", "this run"] == "0.001" and table.loc["learning rate", "paper"] == "0.0001"
+    assert table.loc["learning rate", "this run"] == "0.001"
+    assert table.loc["learning rate", "reference code's recipe"] == "0.0001"
     note = book.recipe_note(settings, cfg, tc)
     assert "smaller model" in note and "every mini-batch" in note and "at most 1 epoch;" in note
     official = book.BookSettings(paper_scale=True)
-    assert "follows the published recipe" in book.recipe_note(official, preset("mosi"), official.train_config())
+    assert "follows the reference code's recipe" in book.recipe_note(official, preset("mosi"), official.train_config())
 
 
-def test_results_table_gives_percent_mean_std_and_the_papers_numbers():
-    metrics = pd.DataFrame({"seed": [1, 2], "Non0_acc_2": [0.8, 0.9], "Non0_F1_score": [0.8, 0.9],
-                            "Mult_acc_7": [0.3, 0.4], "Has0_acc_2": [0.7, 0.7], "MAE": [1.0, 0.8],
-                            "Corr": [0.5, 0.6]})  # fmt: skip
-    table = book.results_table(SimpleNamespace(test_metrics=metrics), "mosi")
-    assert table.loc["Non0_acc_2", "mean"] == pytest.approx(85.0)
-    assert table.loc["Non0_acc_2", "std"] == pytest.approx(5.0)
-    assert table.loc["Non0_acc_2", "paper"] == 86.0 and table.loc["Mult_acc_7", "name"] == "Acc-7"
-    assert table.loc["MAE", "mean"] == pytest.approx(0.9) and np.isnan(table.loc["MAE", "paper"])
+def test_published_table_quotes_the_papers_numbers_in_a_table_of_their_own():
+    table = book.published_table()
+    assert list(table.index) == ["MOSI", "MOSEI"] and list(table.columns) == ["Acc-7", "Acc-2", "F1"]
+    assert table.loc["MOSI", "Acc-2"] == 86.0 and table.loc["MOSEI", "Acc-7"] == 54.5
+    assert list(book.published_table("mosi").index) == ["MOSI"]
+    with pytest.raises(ValueError, match="mosi or mosei"):
+        book.published_table("iemocap")
 
 
 def test_honest_note_says_synthetic_numbers_are_not_comparable():
@@ -385,56 +384,6 @@ def test_final_edges_are_the_last_epochs_validation_means():
     assert analysis.run_edges(run, "homo", "test").sum() == pytest.approx(1.0)
     with pytest.raises(ValueError, match="source"):
         analysis.run_edges(run, "homo", "best")
-    assert "agree more" in book.agreement_verdict({"HomoGD": -0.8})
-    assert "the opposite" in book.agreement_verdict({"HeteroGD": 0.9})
-    assert "no clear relation" in book.agreement_verdict({"HomoGD": 0.1})
-
-
-def test_agreement_verdict_merges_units_that_found_the_same():
-    both = book.agreement_verdict({"HomoGD": -0.8, "HeteroGD": -0.6})
-    assert both.startswith("So, in both GD-Units, the heavier edges join modalities that agree more. The logit term")
-    assert "HomoGD" not in both and " do " not in both
-    mixed = book.agreement_verdict({"HomoGD": -0.8, "HeteroGD": 0.1})
-    assert mixed.startswith("So, in HomoGD, the heavier edges join modalities that agree more, while in HeteroGD, "
-                            "weight and disagreement show no clear relation. ")  # fmt: skip
-    neither = book.agreement_verdict({"HomoGD": 0.2, "HeteroGD": -0.1})
-    assert neither.startswith("So, in both GD-Units, weight and disagreement show no clear relation.")
-
-
-def test_verdicts_report_what_came_out():
-    pattern = pd.Series([0.05, 0.05, 0.35, 0.05, 0.4, 0.1], index=list(EDGE_NAMES))
-    hetero = pd.Series([0.05, 0.05, 0.25, 0.05, 0.3, 0.3], index=list(EDGE_NAMES))
-    assert book.edge_verdict(pattern, hetero).startswith("As in the paper")
-    flat = pd.Series([0.3, 0.3, 0.1, 0.1, 0.1, 0.1], index=list(EDGE_NAMES))
-    assert book.edge_verdict(flat, hetero) == ("Unlike the paper, HomoGD's two largest edges are A→L and V→L, but "
-                                               "HeteroGD's three largest are L→A, L→V and V→A, as in the paper.")  # fmt: skip
-    other = pd.Series([0.3, 0.25, 0.05, 0.2, 0.15, 0.05], index=list(EDGE_NAMES))
-    assert book.edge_verdict(pattern, other) == ("As in the paper, L→A and L→V are HomoGD's two largest edges, while "
-                                                "HeteroGD's three largest are A→L, A→V and V→L.")  # fmt: skip
-    assert "from the prior" in book.prior_verdict(0.01)
-    assert "survives" in book.prior_verdict(0.9)
-    names = [
-        "language signal, paper prior",
-        "language signal, no prior",
-        "audio signal, paper prior",
-        "audio signal, no prior",
-    ]
-    summary = pd.DataFrame({"homo A": [0.02, 0.30, 0.02, 0.40], "hetero A": [0.1, 0.3, 0.1, 0.5],
-                            "homo L": [0.96, 0.3, 0.95, 0.2]}, index=names)  # fmt: skip
-    verdict = book.follow_verdict(summary)
-    assert verdict.startswith("Without a prior the graph turns towards audio in both GD-Units: audio's teacher share")
-    assert "+0.100 in HomoGD and +0.200 in HeteroGD" in verdict and "the prior, not the data, decides" in verdict
-    summary.loc["audio signal, no prior", "hetero A"] = 0.29
-    assert "only in HomoGD" in book.follow_verdict(summary)
-    summary.loc["audio signal, no prior", "homo A"] = 0.301
-    assert book.follow_verdict(summary).startswith("Even without a prior the graph does not turn")
-    assert book.follow_verdict(summary.iloc[:2]) == ""
-    agree = pd.DataFrame({"mean weight": [0.1, 0.2, 0.7], "mean |logit difference|": [3.0, 2.0, 1.0]})
-    text = book.takeaway(0.01, summary, {"HomoGD": agree, "HeteroGD": agree})
-    assert "mostly a picture of its prior" in text and "already agree" in text and "does not turn" in text
-    assert "most of language's lead survives" in book.takeaway(0.9, summary, {})
-    assert "hardly moved" in book.takeaway(0.9, summary, {}, with_prior=0.34)
-    assert "says little" in book.prior_verdict(0.9, with_prior=0.34)
 
 
 def test_edge_discrepancy_pairs_each_edges_weight_with_its_logit_gap(settings, ds):
@@ -449,39 +398,4 @@ def test_edge_discrepancy_pairs_each_edges_weight_with_its_logit_gap(settings, d
     logits = out.hetero.logits.squeeze(-1)  # (3, N) L, V, A
     assert table.loc["L->V", "mean |logit difference|"] == pytest.approx(
         float((logits[1] - logits[0]).abs().mean()), rel=1e-5
-    )
-
-
-# --------------------------------------------------------------------------- chapter 6
-
-
-def _seed_runs(acc: list[float], mae: list[float]) -> SimpleNamespace:
-    n = len(acc)
-    return SimpleNamespace(test_metrics=pd.DataFrame({"seed": range(n), "Non0_acc_2": acc, "Non0_F1_score": acc,
-                                                      "Mult_acc_7": acc, "MAE": mae, "Corr": mae}))  # fmt: skip
-
-
-def test_ablation_table_and_verdict_compare_against_seed_noise():
-    results = {"DMD (full)": _seed_runs([0.80, 0.82], [0.7, 0.8]),
-               "without decoupling losses": _seed_runs([0.81, 0.82], [0.7, 0.7]),
-               "without graph distillation": _seed_runs([0.70, 0.70], [0.9, 0.9])}  # fmt: skip
-    table = analysis.ablation_table(results)
-    assert list(table.index) == list(results)
-    assert table.loc["DMD (full)", "Non0_acc_2 mean"] == pytest.approx(81.0)
-    assert table.loc["DMD (full)", "Non0_acc_2 std"] == pytest.approx(1.0)
-    assert table.loc["DMD (full)", "MAE mean"] == pytest.approx(0.75) and table.loc["DMD (full)", "seeds"] == 2
-    shown = book.ablation_display(table)
-    assert shown.loc["DMD (full)", "Acc-2 (%)"] == "81.0 ± 1.0" and shown.loc["DMD (full)", "MAE"] == "0.750 ± 0.050"
-    verdict = book.ablation_verdict(table)
-    assert verdict == ("In Acc-2, against DMD (full): without decoupling losses (+0.5 points) is within two standard "
-                       "deviations of seed noise; without graph distillation (-11.0 points) is beyond two standard "
-                       "deviations of seed noise.")  # fmt: skip
-    results["without the prior"] = _seed_runs([0.80, 0.81], [0.7, 0.7])
-    merged = book.ablation_verdict(analysis.ablation_table(results))
-    assert "without decoupling losses (+0.5 points) and without the prior (-0.5 points) are within two" in merged
-    assert merged.count("within two standard deviations") == 1
-    one = analysis.ablation_table({k: _seed_runs([0.8], [0.7]) for k in ("a", "b")})
-    assert (
-        book.ablation_verdict(one)
-        == "In Acc-2, against a: b (+0.0 points) is from one seed, with no spread to compare with."
     )

@@ -61,18 +61,26 @@ def test_architecture_names_every_modality_and_both_gd_units():
         assert word in texts
 
 
-def test_edge_curves_draw_six_coloured_edges_per_unit_and_the_uniform_line():
+def test_edge_curves_give_each_edge_a_panel_in_its_teachers_colour_with_every_seed_their_mean_and_1_6():
     epochs = np.arange(1, 6)
-    frame = pd.DataFrame({e: np.linspace(1 / 6, 0.1 + 0.05 * k, 5) for k, e in enumerate(EDGE_NAMES)}, index=epochs)
-    fig = plots.edge_curves({"HomoGD": frame, "HeteroGD": frame}, priors={"HomoGD": [0.1] * 6})
-    assert len(fig.axes) == 2
-    for ax in fig.axes:
-        edge_lines = [line for line in ax.lines if line.get_label() in EDGE_NAMES]
-        assert [line.get_label() for line in edge_lines] == list(EDGE_NAMES)
-        for line in edge_lines:
-            assert _same_color(line.get_color(), plots.edge_style(line.get_label())["color"])
-            np.testing.assert_allclose(line.get_ydata(), frame[line.get_label()].to_numpy())
-        assert any(np.allclose(line.get_ydata(), 1 / 6) for line in ax.lines if line.get_label() not in EDGE_NAMES)
+    frames = {seed: pd.DataFrame({e: np.linspace(1 / 6, 0.1 + 0.05 * k + 0.01 * seed, 5)
+                                  for k, e in enumerate(EDGE_NAMES)}, index=epochs) for seed in (1, 2)}  # fmt: skip
+    prior = [0.05, 0.05, 0.3, 0.05, 0.3, 0.25]
+    fig = plots.edge_curves(frames, prior=prior, best={1: 3, 2: 5})
+    assert len(fig.axes) == 6
+    titles = [ax.get_title().replace(" \u2192 ", "->") for ax in fig.axes]
+    assert sorted(titles) == sorted(EDGE_NAMES)
+    for ax, edge in zip(fig.axes, titles):
+        colour = plots.PALETTE[edge.split("->")[0]]
+        assert _same_color(ax.title.get_color(), colour)
+        curves = [line for line in ax.lines if len(line.get_xdata()) == len(epochs)]
+        assert len(curves) == 3  # two seeds and their mean
+        np.testing.assert_allclose(curves[-1].get_ydata(), (frames[1][edge] + frames[2][edge]).to_numpy() / 2)
+        assert all(_same_color(line.get_color(), colour) for line in curves)
+        flat = [line.get_ydata()[0] for line in ax.lines if len(line.get_xdata()) == 2]  # the horizontal lines
+        assert any(np.isclose(y, 1 / 6) for y in flat) and any(
+            np.isclose(y, prior[EDGE_NAMES.index(edge)]) for y in flat
+        )
 
 
 def test_edge_graph_arrow_widths_follow_the_weights():
@@ -105,7 +113,8 @@ def test_small_figures_draw_without_error():
     fig = plots.modality_bars(table, "MAE", reference=1.2)
     assert [_same_color(p.get_facecolor(), plots.PALETTE[m]) for p, m in zip(fig.axes[0].patches, "LVA")] == [True] * 3
     plots.edges_heatmap(rng.dirichlet(np.ones(6), 10).T, prior=[1 / 6] * 6)
-    plots.grouped_edge_bars(pd.DataFrame([[1 / 6] * 6] * 2, columns=EDGE_NAMES, index=["negative", "positive"]))
+    bars = pd.DataFrame([[1 / 6] * 6] * 2, columns=EDGE_NAMES, index=["negative", "positive"])
+    plots.grouped_edge_bars(bars, errors=bars * 0.1)
     plots.attention_map(rng.random((5, 7)), "L", "A")
     history = pd.DataFrame(
         {"epoch": [1, 2, 3], "train_task": [3, 2, 1], "train_recon": [1, 1, 1], "valid_loss": [2, 1, 1]}
@@ -114,13 +123,19 @@ def test_small_figures_draw_without_error():
     assert [ax.get_title() for ax in fig.axes[:2]] == ["task", "recon"]
     plots.seed_curves({"seed 1": history, "seed 2": history}, "valid_loss")
     plots.feature_norms({"aligned": {m: rng.random(50) for m in "LVA"}})
-    table = pd.DataFrame({"Non0_acc_2 mean": [80.0, 78.0], "Non0_acc_2 std": [1.0, 0.0], "MAE mean": [0.7, 0.8],
-                          "MAE std": [0.1, 0.0]}, index=["DMD (full)", "without graph distillation"])  # fmt: skip
-    fig = plots.ablation_bars(table)
-    assert len(fig.axes) == 2 and len(fig.axes[0].patches) == 2
-    matrix = pd.DataFrame(rng.dirichlet(np.ones(6), 3), columns=EDGE_NAMES, index=["a", "b", "c"])
-    fig = plots.edge_matrix({"HomoGD": matrix, "HeteroGD": matrix})
-    assert len(fig.axes[0].texts) == 18
+    table = pd.DataFrame({"Non0_acc_2 mean": [80.0, 78.0], "Non0_acc_2 lo": [79.0, 78.0],
+                          "Non0_acc_2 hi": [81.0, 78.0], "MAE mean": [0.7, 0.8], "MAE lo": [0.6, 0.7],
+                          "MAE hi": [0.8, 0.9]}, index=["DMD (full)", "without graph distillation"])  # fmt: skip
+    fig = plots.ablation_bars(table, metrics=("Non0_acc_2", "MAE"), baseline={"Non0_acc_2": 81.0, "MAE": 0.75})
+    assert len(fig.axes[0].patches) == 2
+    assert any(np.allclose(line.get_ydata(), 81.0) for line in fig.axes[0].lines)  # the baseline
+    labels = [t.get_text() for t in fig.axes[2].get_legend().get_texts()]
+    assert labels == ["DMD (full)", "without graph distillation", "ridge, all modalities"]
+    panels = {
+        "L teaches": pd.DataFrame({"mean": [0.4, 0.3], "lo": [0.3, np.nan], "hi": [0.5, np.nan]}, index=["a", "b"])
+    }
+    fig = plots.interval_panels(panels, reference=1 / 3, colors={"L teaches": plots.PALETTE["L"]})
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["a", "b"]
 
 
 # --------------------------------------------------------------------------- legible as rendered
@@ -131,15 +146,19 @@ def _figure_builders() -> dict:
     rng = np.random.default_rng(0)
     epochs = np.arange(1, 9)
     edge_frame = pd.DataFrame({e: 1 / 6 + 0.01 * k * np.log(epochs) for k, e in enumerate(EDGE_NAMES)}, index=epochs)
-    matrix = pd.DataFrame(rng.dirichlet(np.ones(6), 4), columns=EDGE_NAMES, index=[1111, 1112, 1113, 1114])
     history = pd.DataFrame({"epoch": epochs, "valid_loss": 1 / epochs,
                             **{f"train_{p}": rng.random(8) for p in ("task", "recon", "cycle", "ort", "margin",
                                                                      "homo_gd", "hetero_gd", "total")}})  # fmt: skip
     square = pd.DataFrame(rng.uniform(-1, 1, (6, 6)), index=[f"{k}_{m}" for k in "cs" for m in "LVA"],
                           columns=[f"{k}_{m}" for k in "cs" for m in "LVA"])  # fmt: skip
-    ablation = pd.DataFrame({"Non0_acc_2 mean": [80.0, 78.0, 79.0], "Non0_acc_2 std": [1.0, 0.5, 0.7],
-                             "MAE mean": [0.7, 0.8, 0.75], "MAE std": [0.1, 0.05, 0.02], "seeds": [5, 5, 5]},
+    centre = {m: rng.uniform(0.5, 0.8, 3) * (100 if "acc" in m or "F1" in m else 1) for m in plots.ABLATION_METRICS}
+    ablation = pd.DataFrame({f"{m} {k}": c * f for m, c in centre.items() for k, f in (("mean", 1), ("lo", 0.97),
+                                                                                      ("hi", 1.03))},
                             index=["DMD (full)", "without decoupling losses", "without graph distillation"])  # fmt: skip
+    shares = pd.DataFrame({"mean": [0.4, 0.3, 0.2, 0.33, 0.1], "lo": [0.3, 0.2, 0.1, 0.3, 0.0],
+                           "hi": [0.5, 0.4, 0.3, 0.36, 0.2]},
+                          index=["language file, paper prior", "language file, uniform prior", "language file, no prior",
+                                 "audio file, paper prior", "audio file, no prior"])  # fmt: skip
     probes = pd.DataFrame({"MAE": [0.80, 1.05, 1.13, 0.77], "Non0_acc_2": [0.77, 0.63, 0.59, 0.81]},
                           index=["L", "V", "A", "all"])  # fmt: skip
     spaces = [f"{k}_{m}" for m in "LVA" for k in "cs"]
@@ -169,10 +188,15 @@ def _figure_builders() -> dict:
             rng.dirichlet(np.ones(6), 16).T, title="HomoGD edges", prior=[1 / 6] * 6
         ),  # fmt: skip
         "edge_curves": lambda: plots.edge_curves(
-            {"HomoGD": edge_frame, "HeteroGD": edge_frame}, priors={"HomoGD": [0.1] * 6}
+            {1111: edge_frame, 1112: edge_frame * 1.01}, prior=[0.1] * 6, title="HomoGD", best={1111: 4}
         ),  # fmt: skip
         "edge_graph": lambda: plots.edge_graph(rng.dirichlet(np.ones(6)), title="HomoGD"),
-        "edge_matrix": lambda: plots.edge_matrix({"HomoGD": matrix, "HeteroGD": matrix}),
+        "interval_panels": lambda: plots.interval_panels(
+            {f"{u}, {m} teaches": shares for u in ("HomoGD", "HeteroGD") for m in "LVA"},
+            reference=1 / 3,
+            xlabel="teacher share",
+            colors={f"{u}, {m} teaches": plots.PALETTE[m] for u in ("HomoGD", "HeteroGD") for m in "LVA"},
+        ),  # fmt: skip
         "grouped_edge_bars": lambda: plots.grouped_edge_bars(
             pd.DataFrame(rng.dirichlet(np.ones(6), 3), columns=EDGE_NAMES, index=["negative", "neutral", "positive"])
         ),
@@ -180,8 +204,10 @@ def _figure_builders() -> dict:
         "loss_curves": lambda: plots.loss_curves(
             history, ["task", "recon", "cycle", "ort", "margin", "homo_gd", "hetero_gd", "total"], valid="valid_loss"
         ),  # fmt: skip
-        "ablation_bars": lambda: plots.ablation_bars(ablation),
-        "seed_curves": lambda: plots.seed_curves({"seed 1111": history, "seed 1112": history}, "valid_loss"),
+        "ablation_bars": lambda: plots.ablation_bars(ablation, baseline={m: 0.7 for m in plots.ABLATION_METRICS}),
+        "seed_curves": lambda: plots.seed_curves(
+            {"seed 1111": history, "seed 1112": history}, "valid_loss", best={"seed 1111": 3}
+        ),  # fmt: skip
     }
 
 

@@ -6,38 +6,33 @@ chapters import it (``pip install -e ./book``, or on Colab ``dmd-book @ git+...#
 * :mod:`~dmd_book.settings`: :class:`BookSettings`, the notebook parameters and run reuse;
 * :mod:`~dmd_book.prose`: the sentences generated from measured numbers;
 * :mod:`~dmd_book.tables`: the tables chapters display;
-* :mod:`~dmd_book.plots`: the figures, one colour per modality.
+* :mod:`~dmd_book.plots`: the figures, one colour per modality;
+* :mod:`~dmd_book.evidence`, :mod:`~dmd_book.edges`: the comparisons over seeds behind chapters 4-6 (test
+  metrics against the ridge baseline, the last epoch and the ablations; the edges against 1/6 and each other)
+  and the sentences drawn from them.
 
 Reusable analyses (edges, similarity, probes, attention maps) live in :mod:`dmd_core.analysis`.
 """
 
 from .prose import (
-    ablation_verdict,
-    agreement_verdict,
-    edge_verdict,
-    follow_verdict,
     honest_note,
-    prior_verdict,
     recipe_note,  # fmt: skip
     similarity_verdict,
-    takeaway,
 )
 from .settings import BookSettings
 from .tables import (
     PAPER_METRIC_NAMES,
     PAPER_RESULTS,
-    ablation_display,
     gd_unit_table,
     layout_example,
+    published_table,
     real_data_table,
     recipe_table,  # fmt: skip
-    results_table,
     shape_table,
     synth_parameters,
     toy_decoupled,
 )
 
-__all__ = ["BookSettings", "ablation_verdict", "agreement_verdict", "edge_verdict", "follow_verdict", "honest_note",
-           "prior_verdict", "recipe_note", "similarity_verdict", "takeaway", "PAPER_METRIC_NAMES", "PAPER_RESULTS",
-           "ablation_display", "gd_unit_table", "layout_example", "real_data_table", "recipe_table", "results_table",
-           "shape_table", "synth_parameters", "toy_decoupled"]  # fmt: skip
+__all__ = ["BookSettings", "honest_note", "recipe_note", "similarity_verdict", "PAPER_METRIC_NAMES", "PAPER_RESULTS",
+           "gd_unit_table", "layout_example", "published_table", "real_data_table", "recipe_table", "shape_table",
+           "synth_parameters", "toy_decoupled"]  # fmt: skip

@@ -281,46 +281,43 @@ def edges_heatmap(edges: np.ndarray, ax: Axes | None = None, title: str = "", pr
     return fig
 
 
-def edge_curves(edges: Mapping[str, pd.DataFrame], priors: Mapping[str, Sequence[float]] | None = None,
-                sharey: bool = True, figsize: tuple[float, float] | None = None, ncols: int | None = None) -> Figure:  # fmt: skip
-    """The paper's edge figure: the six mean normalised edges against the epoch, one panel per GD-Unit.
+# Six small multiples of one GD-Unit: columns the teacher, rows its two students.
+EDGE_GRID: tuple[tuple[str, ...], ...] = (("L->V", "V->L", "A->L"), ("L->A", "V->A", "A->V"))
 
-    ``edges``: panel title -> DataFrame indexed by epoch with columns :data:`EDGE_NAMES`.
-    ``priors``: panel title -> the unit's prior (six values), drawn as triangles on
-    the right edge. A dotted line marks 1/6, where every edge starts. ``ncols``:
-    panels per row (default: all in one row).
+
+def edge_curves(runs: Mapping[object, pd.DataFrame], prior: Mapping[str, float] | Sequence[float] | None = None,
+                title: str = "", best: Mapping[object, int] | None = None) -> Figure:  # fmt: skip
+    """The paper's edge figure as small multiples: one panel per edge of one GD-Unit, its weight against the epoch.
+
+    ``runs``: seed (or any label) -> DataFrame indexed by epoch with columns :data:`EDGE_NAMES` (e.g.
+    :func:`dmd_core.analysis.edge_history`). Each seed is a thin line, their mean a thick one, in the
+    teacher's colour; a dotted line marks 1/6, where every edge starts, and a dashed one the ``prior``.
+    ``best``: seed -> its best-validation epoch, marked on the seed's line.
     """
-    n = len(edges)
-    ncols = ncols or n
-    nrows = int(np.ceil(n / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=figsize or (5.2 * ncols, 3.4 * nrows + 0.4), sharey=sharey,
-                             squeeze=False, layout="constrained")  # fmt: skip
-    values = [1 / 6, *(v for f in edges.values() for v in f[list(EDGE_NAMES)].to_numpy().ravel())]
-    if priors is not None:
-        values += [float(p) for title in edges if title in priors for p in priors[title]]
-    gap = 0.06 * (max(values) - min(values) or 1.0)
-    for ax, (title, frame) in zip(axes.ravel(), edges.items()):
-        epochs = frame.index.to_numpy()
-        for edge in EDGE_NAMES:
-            ax.plot(epochs, frame[edge].to_numpy(), linewidth=1.8, label=edge, **edge_style(edge))
-        ax.axhline(1 / 6, color="black", linestyle=":", linewidth=0.8)
-        ends = _spread([frame[e].iloc[-1] for e in EDGE_NAMES], gap=gap)
-        for edge, y in zip(EDGE_NAMES, ends):
-            ax.annotate(edge, (epochs[-1], y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8,
-                        color=PALETTE[edge_parts(edge)[0]])  # fmt: skip
-        if priors is not None and title in priors:
-            for edge, p in zip(EDGE_NAMES, priors[title]):
-                ax.plot([1.0], [p], marker="<", color=PALETTE[edge_parts(edge)[0]], transform=ax.get_yaxis_transform(),
-                        clip_on=False, markersize=5)  # fmt: skip
-        ax.set_title(title)
+    if isinstance(prior, Mapping):
+        prior = [float(prior[e]) for e in EDGE_NAMES]
+    frames = list(runs.values())
+    fig, axes = plt.subplots(2, 3, figsize=(6.2, 4.3), sharex=True, sharey=True, layout="constrained")
+    for row, edges in zip(axes, EDGE_GRID):
+        for ax, edge in zip(row, edges):
+            color = PALETTE[edge_parts(edge)[0]]
+            for label, frame in runs.items():
+                epochs = frame.index.to_numpy()
+                ax.plot(epochs, frame[edge].to_numpy(), color=color, linewidth=0.8, alpha=0.45)
+                if best is not None and label in best and best[label] in frame.index:
+                    ax.plot([best[label]], [frame.loc[best[label], edge]], "o", color=color, markersize=3.5)
+            mean = pd.concat([f[edge] for f in frames], axis=1).mean(axis=1)
+            ax.plot(mean.index.to_numpy(), mean.to_numpy(), color=color, linewidth=2.2)
+            ax.axhline(1 / 6, color="black", linestyle=":", linewidth=0.9)
+            if prior is not None:
+                ax.axhline(prior[list(EDGE_NAMES).index(edge)], color=color, linestyle="--", linewidth=1.0)
+            ax.set_title(edge.replace("->", " \u2192 "), color=color)
+    for ax in axes[-1]:
         ax.set_xlabel("epoch")
-        ax.margins(x=0.15)
-    for ax in axes.ravel()[n:]:
-        ax.axis("off")
-    for row in axes:
-        row[0].set_ylabel("mean edge weight")
-    handles, labels = axes.ravel()[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=6, fontsize=8, handlelength=2.5)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("edge weight")
+    if title:
+        fig.suptitle(title)
     return fig
 
 
@@ -351,7 +348,7 @@ def edge_graph(weights: Mapping[str, float] | Sequence[float], ax: Axes | None =
         # Label at the middle of the quadratic Bezier curve (matplotlib's arc3 control point).
         dx, dy = x2 - x1, y2 - y1
         lx, ly = (x1 + x2) / 2 + 0.5 * rad * dy * 1.5, (y1 + y2) / 2 - 0.5 * rad * dx * 1.5
-        ax.text(lx, ly, f"{w:.2f}", ha="center", va="center", fontsize=8, color=PALETTE[teacher],
+        ax.text(lx, ly, f"{w:.2f}", ha="center", va="center", fontsize=9.5, color=PALETTE[teacher],
                 bbox=dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none", alpha=0.8), zorder=5)  # fmt: skip
     ax.set_xlim(-1.45, 1.45)
     ax.set_ylim(-1.1, 1.45)
@@ -362,48 +359,27 @@ def edge_graph(weights: Mapping[str, float] | Sequence[float], ax: Axes | None =
     return fig
 
 
-def edge_matrix(tables: Mapping[str, pd.DataFrame], vmax: float | None = None) -> Figure:
-    """Annotated heatmaps of mean edges, one panel per GD-Unit: rows are runs, columns :data:`EDGE_NAMES`.
+def grouped_edge_bars(table: pd.DataFrame, ax: Axes | None = None, title: str = "",
+                      errors: pd.DataFrame | None = None) -> Figure:  # fmt: skip
+    """Bars of the six edges (columns :data:`EDGE_NAMES`) for each row of ``table`` (e.g. sentiment classes).
 
-    Colours are centred on 1/6 (white): red above the uniform graph, blue below.
+    ``errors``: the same shape as ``table``, half-widths of the whiskers (e.g. 95% intervals over seeds).
     """
-    first = next(iter(tables.values()))
-    top = vmax or max(1 / 3, max(float(t[list(EDGE_NAMES)].to_numpy().max()) for t in tables.values()))
-    norm = mcolors.TwoSlopeNorm(vmin=0.0, vcenter=1 / 6, vmax=top)
-    fig, axes = plt.subplots(1, len(tables), figsize=(4.2 * len(tables) + 1.6, 0.42 * len(first) + 1.3),
-                             sharey=True, layout="constrained")  # fmt: skip
-    axes = np.atleast_1d(axes)
-    for ax, (title, table) in zip(axes, tables.items()):
-        data = table[list(EDGE_NAMES)].to_numpy(dtype=float)
-        im = ax.imshow(data, cmap="RdBu_r", norm=norm, aspect="auto")
-        for (i, j), v in np.ndenumerate(data):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8)
-        ax.set_xticks(range(6), EDGE_NAMES)
-        for tick, edge in zip(ax.get_xticklabels(), EDGE_NAMES):
-            tick.set_color(PALETTE[edge_parts(edge)[0]])
-        ax.set_yticks(range(len(table)), [str(i) for i in table.index])
-        ax.set_title(title)
-        ax.grid(False)
-    fig.colorbar(im, ax=list(axes), label="mean edge weight (white: 1/6)", shrink=0.9)
-    return fig
-
-
-def grouped_edge_bars(table: pd.DataFrame, ax: Axes | None = None, title: str = "") -> Figure:
-    """Bars of the six edges (columns :data:`EDGE_NAMES`) for each row of ``table`` (e.g. sentiment classes)."""
-    fig, ax = _axes(ax, (7.0, 3.0))
+    fig, ax = _axes(ax, (6.2, 3.0))
     groups = list(table.index)
     width = 0.8 / len(EDGE_NAMES)
     x = np.arange(len(groups))
     for k, edge in enumerate(EDGE_NAMES):
         teacher, student = edge_parts(edge)
-        ax.bar(x + (k - 2.5) * width, table[edge].to_numpy(), width, label=edge, color=PALETTE[teacher],
-               hatch={"L": "", "V": "//", "A": ".."}[student], edgecolor="white")  # fmt: skip
+        yerr = None if errors is None else errors[edge].to_numpy(dtype=float)
+        ax.bar(x + (k - 2.5) * width, table[edge].to_numpy(), width, yerr=yerr, label=edge.replace("->", "\u2192"),
+               color=PALETTE[teacher], hatch={"L": "", "V": "//", "A": ".."}[student], edgecolor="white",
+               error_kw={"elinewidth": 0.8, "ecolor": "black"})  # fmt: skip
     ax.axhline(1 / 6, color="black", linestyle=":", linewidth=0.8)
     ax.set_xticks(x, [str(g) for g in groups])
     ax.set_ylabel("mean edge weight")
     ax.set_title(title)
-    ax.legend(ncol=6, fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.12), handlelength=1.5,
-              columnspacing=0.8)  # fmt: skip
+    ax.legend(ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.14), handlelength=1.5, columnspacing=0.8)
     return fig
 
 
@@ -430,58 +406,125 @@ def attention_map(weights: np.ndarray, target: str, source: str, ax: Axes | None
 # --------------------------------------------------------------------------- training
 
 
-def loss_curves(history: pd.DataFrame, parts: Sequence[str], prefix: str = "train_", ncols: int = 4,
-                valid: str | None = None) -> Figure:  # fmt: skip
+def loss_curves(history: pd.DataFrame | Mapping[object, pd.DataFrame], parts: Sequence[str], prefix: str = "train_",
+                ncols: int = 3, valid: str | None = None, titles: Mapping[str, str] | None = None) -> Figure:  # fmt: skip
     """Small multiples: one panel per loss part (column ``prefix + part``) against the epoch.
 
-    ``valid`` names a validation column drawn in the first panel beside the task loss.
+    ``history``: one run's history, or several (e.g. seed -> history), drawn as one thin line each.
+    ``valid`` names a validation column drawn dashed in the first panel; ``titles`` renames the panels.
     """
-    parts = [p for p in parts if prefix + p in history]
+    histories = {"": history} if isinstance(history, pd.DataFrame) else dict(history)
+    first = next(iter(histories.values()))
+    parts = [p for p in parts if prefix + p in first]
+    ncols = min(ncols, len(parts))
     nrows = int(np.ceil(len(parts) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.9 * ncols, 2.2 * nrows), squeeze=False)
-    epochs = history["epoch"] if "epoch" in history else history.index
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.07 * ncols, 1.9 * nrows + 0.4), squeeze=False, sharex=True)
+    single = len(histories) == 1
     for ax, part in zip(axes.ravel(), parts):
-        ax.plot(epochs, history[prefix + part], color="black", linewidth=1.5, label="train")
-        if valid is not None and part == parts[0] and valid in history:
-            ax.plot(epochs, history[valid], color=NEUTRAL, linestyle="--", label=valid)
-            ax.legend(fontsize=7)
-        ax.set_title(part, fontsize=9)
-        ax.tick_params(labelsize=7)
+        for k, frame in enumerate(histories.values()):
+            epochs = frame["epoch"] if "epoch" in frame else frame.index
+            ax.plot(epochs, frame[prefix + part], color="black", linewidth=1.5 if single else 0.9,
+                    alpha=1.0 if single else 0.6, label="train" if k == 0 else None)  # fmt: skip
+            if valid is not None and part == parts[0] and valid in frame:
+                ax.plot(epochs, frame[valid], color=PALETTE["A"], linestyle="--", linewidth=1.5 if single else 0.9,
+                        label="validation" if k == 0 else None)  # fmt: skip
+        if valid is not None and part == parts[0]:
+            ax.legend()
+        ax.set_title((titles or {}).get(part, part))
     for ax in axes.ravel()[len(parts) :]:
         ax.axis("off")
-    fig.supxlabel("epoch", fontsize=9)
+    fig.supxlabel("epoch")
     return fig
 
 
-def ablation_bars(table: pd.DataFrame, metrics: Sequence[str] = ("Non0_acc_2", "MAE")) -> Figure:
-    """Bars of the mean of each metric per variant (rows of ``table``) with one-std whiskers.
+ABLATION_METRICS: dict[str, str] = {"Non0_acc_2": "Acc-2 (%)", "Non0_F1_score": "F1 (%)", "Mult_acc_7": "Acc-7 (%)",
+                                    "MAE": "MAE (lower is better)", "Corr": "Corr"}  # fmt: skip
 
-    ``table`` has columns ``"<metric> mean"`` and ``"<metric> std"`` (:func:`dmd_core.analysis.ablation_table`).
+
+def ablation_bars(table: pd.DataFrame, metrics: Sequence[str] = tuple(ABLATION_METRICS),
+                  baseline: Mapping[str, float] | None = None, baseline_label: str = "ridge, all modalities") -> Figure:  # fmt: skip
+    """One panel per metric: a bar per variant (rows of ``table``) at its mean, whiskers its 95% interval over seeds.
+
+    ``table`` has columns ``"<metric> mean"``, ``"<metric> lo"``, ``"<metric> hi"``
+    (:func:`dmd_book.evidence.ablation_estimates`). ``baseline``: metric -> value (same units) drawn as a dashed
+    line in every panel. The last panel holds the legend.
     """
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 3.2), layout="constrained")
-    axes = np.atleast_1d(axes)
     names = [str(i) for i in table.index]
-    colors = ["#444444", *(["#AAAAAA"] * (len(names) - 1))]
-    for ax, metric in zip(axes, metrics):
-        means, stds = table[f"{metric} mean"].to_numpy(float), table[f"{metric} std"].to_numpy(float)
-        ax.bar(range(len(names)), means, yerr=stds, color=colors, capsize=4)
-        for i, v in enumerate(means):
-            ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(range(len(names)), [n.replace(" ", "\n", 1) for n in names], fontsize=8)
-        ax.set_ylabel(metric.replace("Non0_acc_2", "Non0 Acc-2 (%)"))
-        low = float(np.min(means - stds))
-        ax.set_ylim(max(0.0, low - 0.15 * abs(low)) if metric != "MAE" else 0.0, None)
+    ncols = 3
+    nrows = int(np.ceil((len(metrics) + 1) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.2, 2.3 * nrows + 0.2), squeeze=False, layout="constrained")
+    shades = ["#333333", "#8C8C8C", "#C8C8C8", "#E2E2E2"]
+    hatches = ["", "//", "..", "xx"]
+    x = np.arange(len(names))
+    for ax, metric in zip(axes.ravel(), metrics):
+        means = table[f"{metric} mean"].to_numpy(float)
+        lo, hi = table[f"{metric} lo"].to_numpy(float), table[f"{metric} hi"].to_numpy(float)
+        yerr = np.vstack([means - np.where(np.isfinite(lo), lo, means), np.where(np.isfinite(hi), hi, means) - means])
+        for i, name in enumerate(names):
+            ax.bar(x[i], means[i], yerr=yerr[:, i : i + 1], color=shades[i % len(shades)], hatch=hatches[i % 4],
+                   edgecolor="white", capsize=4, label=name)  # fmt: skip
+        values = [*np.where(np.isfinite(lo), lo, means), *np.where(np.isfinite(hi), hi, means)]
+        if baseline is not None and metric in baseline:
+            ax.axhline(float(baseline[metric]), color=PALETTE["L"], linestyle="--", linewidth=1.4, label=baseline_label)
+            values.append(float(baseline[metric]))
+        span = max(values) - min(values) or abs(max(values)) or 1.0
+        ax.set_ylim(min(values) - 0.35 * span, max(values) + 0.2 * span)
+        ax.set_xticks([])
+        ax.set_title(ABLATION_METRICS.get(metric, metric))
+    spare = axes.ravel()[len(metrics)]
+    found = dict(zip(*reversed(axes.ravel()[0].get_legend_handles_labels())))  # label -> handle
+    order = [label for label in [*names, baseline_label] if label in found]  # the variants first, then the baseline
+    spare.axis("off")
+    spare.legend([found[label] for label in order], order, loc="center", handlelength=1.6)
+    for ax in axes.ravel()[len(metrics) + 1 :]:
+        ax.axis("off")
     return fig
 
 
 def seed_curves(histories: Mapping[str, pd.DataFrame], column: str, ax: Axes | None = None,
-                ylabel: str | None = None) -> Figure:  # fmt: skip
-    """One line per seed of ``column`` against the epoch."""
-    fig, ax = _axes(ax, (4.8, 3.0))
+                ylabel: str | None = None, best: Mapping[str, int] | None = None) -> Figure:  # fmt: skip
+    """One line per seed of ``column`` against the epoch; ``best`` (name -> epoch) rings each seed's best epoch."""
+    fig, ax = _axes(ax, (6.0, 3.0))
     for name, history in histories.items():
         epochs = history["epoch"] if "epoch" in history else history.index
-        ax.plot(epochs, history[column], marker="o", markersize=3, label=name)
+        (line,) = ax.plot(epochs, history[column], marker="o", markersize=3, linewidth=1.2, label=name)
+        if best is not None and name in best:
+            at = history.set_index("epoch")[column] if "epoch" in history else history[column]
+            ax.plot([best[name]], [at.loc[best[name]]], "o", markersize=9, markerfacecolor="none",
+                    markeredgecolor=line.get_color(), markeredgewidth=1.5)  # fmt: skip
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel or column)
-    ax.legend(fontsize=7.5)
+    return fig
+
+
+def interval_panels(panels: Mapping[str, pd.DataFrame], reference: float | None = None, xlabel: str = "",
+                    colors: Mapping[str, str] | None = None, ncols: int = 3,
+                    reference_label: str | None = None) -> Figure:  # fmt: skip
+    """Small multiples of dots with 95% intervals: panel title -> DataFrame (rows: the same labels in every
+    panel; columns ``mean``, ``lo``, ``hi``). ``reference`` draws a dotted vertical line (e.g. 1/3 or 0);
+    ``colors``: panel title -> colour (e.g. a teacher's)."""
+    titles = list(panels)
+    ncols = min(ncols, len(titles))
+    nrows = int(np.ceil(len(titles) / ncols))
+    labels = [str(i) for i in next(iter(panels.values())).index]
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.2, (0.3 * len(labels) + 0.9) * nrows + 0.3), squeeze=False,
+                             sharey=True, sharex=True, layout="constrained")  # fmt: skip
+    y = np.arange(len(labels))[::-1]
+    for ax, title in zip(axes.ravel(), titles):
+        frame = panels[title]
+        color = (colors or {}).get(title, "black")
+        mean = frame["mean"].to_numpy(float)
+        lo = np.where(np.isfinite(frame["lo"].to_numpy(float)), frame["lo"].to_numpy(float), mean)
+        hi = np.where(np.isfinite(frame["hi"].to_numpy(float)), frame["hi"].to_numpy(float), mean)
+        ax.errorbar(mean, y, xerr=np.vstack([mean - lo, hi - mean]), fmt="o", color=color, capsize=3, markersize=5)
+        if reference is not None:
+            ax.axvline(reference, color="black", linestyle=":", linewidth=1.0, label=reference_label)
+        ax.set_yticks(y, labels)
+        ax.set_title(title, color=color)
+        ax.tick_params(axis="x", rotation=0)
+        ax.xaxis.set_major_locator(plt.MaxNLocator(3))
+    for ax in axes.ravel()[len(titles) :]:
+        ax.axis("off")
+    if xlabel:
+        fig.supxlabel(xlabel)
     return fig

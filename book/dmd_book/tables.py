@@ -1,4 +1,5 @@
-"""Tables the chapters display: data sizes, shapes, the recipe, results against the paper."""
+"""Tables the chapters display: data sizes, shapes, the recipe, and the paper's published results (quoted apart
+from any run's: the comparisons of trained runs are in :mod:`dmd_book.evidence`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from dmd_core.distill import EDGE_NAMES
 if TYPE_CHECKING:
     from dmd_core.data import MMSADataset
     from dmd_core.model import DMD
-    from dmd_core.runs import SeedRuns
 
     from .settings import BookSettings
 
@@ -110,7 +110,8 @@ def gd_unit_table(model: DMD) -> pd.DataFrame:
 
 
 def recipe_table(config: DMDConfig, train_config: TrainConfig, official: DMDConfig) -> pd.DataFrame:
-    """This run's settings beside the published recipe and model (rows: setting)."""
+    """This run's settings beside the reference code's recipe and model (rows: setting; the second column is the
+    reference implementation's configuration and training script, not a result of the paper)."""
     recipe = TrainConfig()
     rows = {
         "model width d": (config.d, official.d), "heads": (config.heads, official.heads),
@@ -122,34 +123,19 @@ def recipe_table(config: DMDConfig, train_config: TrainConfig, official: DMDConf
         "epochs": (train_config.max_epochs or "early stopping", "early stopping (patience 10)"),
         "seeds": (", ".join(map(str, train_config.seeds)), ", ".join(map(str, recipe.seeds))),
     }  # fmt: skip
-    return pd.DataFrame(rows, index=["this run", "paper"]).T.astype(str)
+    return pd.DataFrame(rows, index=["this run", "reference code's recipe"]).T.astype(str)
 
 
-def results_table(seed_runs: SeedRuns, dataset: str) -> pd.DataFrame:
-    """Mean and std over seeds of the test metrics (accuracies and F1 in %), beside the paper's numbers."""
-    per_seed = seed_runs.test_metrics
-    rows = {}
-    for metric in ("Non0_acc_2", "Non0_F1_score", "Mult_acc_7", "Has0_acc_2", "MAE", "Corr"):
-        scale = 100.0 if metric not in ("MAE", "Corr") else 1.0
-        values = per_seed[metric].astype(float) * scale
-        rows[metric] = {
-            "name": PAPER_METRIC_NAMES.get(metric, metric),
-            "mean": float(values.mean()),
-            "std": float(values.std(ddof=0)),
-            "paper": PAPER_RESULTS.get(dataset, {}).get(metric, float("nan")),
-        }
-    return pd.DataFrame(rows).T.astype({"mean": float, "std": float, "paper": float})
+def published_table(dataset: str | None = None) -> pd.DataFrame:
+    """DMD's published results (Table 1 of the paper: real data, BERT fine-tuned, aligned), apart from any run's.
 
-
-def ablation_display(table: pd.DataFrame) -> pd.DataFrame:
-    """:func:`ablation_table` as readable ``"mean ± std"`` strings (accuracies and F1 in %)."""
-    names = {"Non0_acc_2": "Acc-2 (%)", "Non0_F1_score": "F1 (%)", "Mult_acc_7": "Acc-7 (%)", "MAE": "MAE",
-             "Corr": "Corr"}  # fmt: skip
-    out = pd.DataFrame(index=table.index)
-    for metric, label in names.items():
-        digits = 3 if metric in ("MAE", "Corr") else 1
-        out[label] = [
-            f"{m:.{digits}f} ± {s:.{digits}f}" for m, s in zip(table[f"{metric} mean"], table[f"{metric} std"])
-        ]
-    out["seeds"] = table["seeds"].astype(int)
-    return out
+    Rows: datasets (only ``dataset`` when given); columns Acc-7, Acc-2 and F1 in %. These are the paper's
+    numbers, quoted; no run of the book produced them.
+    """
+    rows = {name.upper(): {PAPER_METRIC_NAMES[m]: v for m, v in metrics.items()} for name, metrics in
+            PAPER_RESULTS.items() if dataset is None or name == dataset}  # fmt: skip
+    if not rows:
+        raise ValueError(f"published_table: no published numbers for dataset {dataset!r} (expected mosi or mosei)")
+    frame = pd.DataFrame(rows).T[["Acc-7", "Acc-2", "F1"]]
+    frame.index.name = "DMD, as published (real data)"
+    return frame
