@@ -6,7 +6,9 @@ size, batch size, device, threads) this measures, on random inputs of the real s
 * training throughput: samples/s of the trainer's own epoch loop (:meth:`Trainer.train_epoch`:
   forward, all losses, backward, clipping, an Adam step every 10 mini-batches), the median
   over several windows after a warm-up window;
-* evaluation throughput: samples/s of :func:`dmd_core.evaluation.predict` (eval mode, inference mode);
+* evaluation throughput: samples/s of :func:`dmd_core.evaluation.predict` (eval mode, inference mode;
+  on CPU on the threads it fits to the cores other processes leave free, :mod:`dmd_core.threads`:
+  ``eval_threads`` in the result counts the last window's mini-batches per thread count);
 * peak host memory (the process's maximum resident set size) and peak device memory;
 * model FLOPs utilisation: FLOPs of one training (forward + backward) and one evaluation
   sample counted with ``torch.utils.flop_counter.FlopCounterMode``, times the throughput,
@@ -38,6 +40,7 @@ from typing import Any
 
 import torch
 
+from . import threads
 from .config import BertSpec, DMDConfig, TrainConfig, preset
 from .data import MMSADataset, Split
 from .losses import total_loss
@@ -240,6 +243,7 @@ def run_benchmark(setting: BenchSetting) -> dict[str, Any]:
                                    precision=precision)  # fmt: skip
         timed(evaluate)
         eval_times = [timed(evaluate) for _ in range(setting.windows)]
+        eval_threads = threads.last_used()
     train_sps = n_train / statistics.median(train_times)
     eval_sps = n_eval / statistics.median(eval_times)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
@@ -251,6 +255,7 @@ def run_benchmark(setting: BenchSetting) -> dict[str, Any]:
         "train_window_s": train_times,
         "warmup_s": warmup,
         "eval_samples_per_s": eval_sps,
+        "eval_threads": eval_threads,  # {threads: mini-batches} in the last window (dmd_core.threads)
         "peak_rss_gb": peak_rss_bytes() / 1e9,
         "peak_device_gb": torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None,
         "flops_per_train_sample": flops_train,

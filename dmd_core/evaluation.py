@@ -30,6 +30,7 @@ from .distill import EDGE_NAMES
 from .metrics import regression_metrics
 from .model import DMD
 from .precision import autocast
+from .threads import FittedThreads
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -116,7 +117,9 @@ def predict(
     ``zero``: modalities replaced by zeros at the input (``("A",)``, ``("V", "A")``, ...);
     with BERT, language is zeroed at BERT's output. ``precision``: the forward's autocast
     (``TrainConfig.precision``; the outputs are float32 whatever it is). The model's
-    train/eval mode is restored.
+    train/eval mode is restored. On CPU, PyTorch's thread count follows the cores other
+    processes leave free (:class:`dmd_core.threads.FittedThreads`: on a busy machine a team of
+    threads waits for its slowest member at every operation).
     """
     zero = _check_zero(zero)
     device = pick_device(device) if device is not None else next(model.parameters()).device
@@ -125,8 +128,9 @@ def predict(
     model.eval()
     preds, labels, homo, hetero = [], [], [], []
     try:
-        with _zero_text_encoder(model, "L" in zero):
+        with _zero_text_encoder(model, "L" in zero), FittedThreads(active=device.type == "cpu") as threads:
             for batch in split.batches(batch_size, shuffle=False, device=device):
+                threads.step()
                 with autocast(device, precision):
                     out = model(*_model_inputs(model, batch, zero))
                 preds.append(out.prediction.float().reshape(-1))

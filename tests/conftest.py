@@ -19,6 +19,20 @@ def load_fixture(name: str) -> dict:
     return torch.load(FIXTURES / f"{name}.pt", weights_only=True)
 
 
+@pytest.fixture(autouse=True)
+def fixed_evaluation_threads(monkeypatch):
+    """Evaluation keeps the thread count it finds (``DMD_THREADS=fixed``, here and in subprocesses).
+
+    By default it follows the cores other processes leave free (dmd_core.threads), and PyTorch's last
+    bits depend on the thread count: tests that compare two runs bit for bit must not depend on how
+    busy the machine is. tests/test_threads.py turns the fitting back on.
+    """
+    import dmd_core.threads
+
+    monkeypatch.setenv("DMD_THREADS", "fixed")
+    monkeypatch.setattr(dmd_core.threads, "POLICY", "fixed")
+
+
 @pytest.fixture
 def threads():
     """Restores the process's torch thread count after the test."""

@@ -23,7 +23,7 @@ SUPPORT = ("kernels", "kernels.definition", "kernels.switch", "hub")
 # Running, measuring, sharing and reading the method. A package named here (cli, data) is machinery as a whole,
 # its new modules with it.
 MACHINERY = ("__init__", "cli", "data", "analysis", "bench", "devices", "epoch_stats", "evaluation", "export",
-             "precision", "reference", "rng", "runs", "seeds", "tensorboard", "trainer", "kernels.tiled",
+             "precision", "reference", "rng", "runs", "seeds", "tensorboard", "threads", "trainer", "kernels.tiled",
              "kernels.native")  # fmt: skip
 # The one way from the method to the speed code: the kernels' entry points call the implementations.
 DISPATCH = {"kernels": ("kernels.tiled",)}
