@@ -20,8 +20,9 @@ the count it found (``torch.set_num_threads``, ``dmd bench --threads``, the book
 :data:`INTERVAL_S` seconds, between mini-batches, it reads from ``/proc/stat`` how much CPU time the
 other processes took on this process's cores (stolen time of a virtual machine included) since the
 last look; a core counts as free while others use less than :data:`MARGIN` of it
-(:func:`threads_for`). The last reading and choice carry over to the next evaluation, so a
-validation pass starts from what the previous one learnt. Elsewhere than Linux (no ``/proc/stat``)
+(:func:`threads_for`). The first look covers the time since the last evaluation (since this
+module's import for the first), so a trainer's validation starts from the load seen while it
+trained. Elsewhere than Linux (no ``/proc/stat``)
 the thread count stays as it is. Training keeps the count it is given: a run's weights are a
 function of its seed and its thread count.
 
@@ -50,7 +51,6 @@ log = logging.getLogger(__name__)
 POLICIES = ("fit", "fixed")
 MARGIN = 0.3  # a core counts as free while others use less than this share of it (measured break-even 0.2-0.3)
 INTERVAL_S = 0.5  # seconds of work between two looks at the CPU counters (50 clock ticks a core)
-STALE_S = 30.0  # an older reading says nothing about now: start from the found count and look again
 
 
 def _policy_from_environment() -> str:
@@ -126,7 +126,9 @@ def threads_for(found: int, others: float, cpus: int, margin: float = MARGIN) ->
     return max(1, min(found, math.floor(cpus - others + margin)))
 
 
-_memory: dict[str, object] = {"reading": None, "threads": None, "used": {}}  # the last block's reading, choice, use
+# The last block's closing reading, choice and use. The first block looks back to the import of this module
+# (a trainer's first validation: to its first epoch).
+_memory: dict[str, object] = {"reading": read_cpu_times(), "threads": None, "used": {}}
 
 
 class FittedThreads:
@@ -161,7 +163,7 @@ class FittedThreads:
         if now is None:
             return self
         previous, threads = _memory["reading"], _memory["threads"]
-        if isinstance(previous, CpuTimes) and now.at - previous.at <= STALE_S:
+        if isinstance(previous, CpuTimes):
             if now.at - previous.at >= self.interval:
                 self._set(threads_for(self.found, others_cores(previous, now), now.cpus))
             elif isinstance(threads, int):

@@ -159,3 +159,13 @@ def test_an_unknown_policy_in_the_environment_is_named(monkeypatch):
     monkeypatch.setenv("DMD_THREADS", "sometimes")
     with pytest.raises(ValueError, match="DMD_THREADS='sometimes': expected one of fit, fixed"):
         fitting_module._policy_from_environment()
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="no /proc/stat (not Linux)")
+def test_the_first_evaluation_of_a_process_looks_back_to_the_import():
+    import subprocess
+    import sys
+
+    code = "import dmd_core.threads as t; print(isinstance(t._memory['reading'], t.CpuTimes))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "True"
