@@ -9,7 +9,8 @@
   :func:`decoupling_losses`, :func:`similarities`, :func:`planted_factors` and :func:`factor_probes` (the
   synthetic file's planted factors read back from the shared and private features), the sentences
   :func:`loss_sentences`, :func:`factor_sentences` and :func:`factor_figure`.
-* Chapter 3: :func:`edge_terms` (one sample's six distillation terms) and :func:`gd_unit_figure`.
+* Chapter 3: :func:`edge_terms` (one sample's six distillation terms), :func:`gd_unit_figure` and
+  :func:`attention_figure`.
 
 Every sentence is built from per-seed numbers with :mod:`dmd_book.stats` (effect, 95% interval, seeds), and says
 "not established" where the interval contains zero. The method is on the book's method page (book/method.md).
@@ -38,7 +39,7 @@ from dmd_core.distill import EDGE_NAMES, STUDENTS, TEACHERS
 from dmd_core.metrics import regression_metrics
 
 from . import stats
-from .plots import NEUTRAL, PALETTE, edge_parts, modality_bars
+from .plots import NEUTRAL, PALETTE, attention_map, edge_parts, modality_bars
 
 if TYPE_CHECKING:
     from dmd_core.data import MMSADataset, Split
@@ -392,7 +393,7 @@ def loss_sentences(frame: pd.DataFrame, digits: int = 3) -> str:
     groups: dict[str, list[str]] = {}
     for name in ("reconstruction", "cycle", "orthogonality (published)", "orthogonality (paper)", "margin"):
         d = stats.moved(frame[("untrained", name)], frame[("trained", name)])
-        groups.setdefault(_verdict(d), []).append(f"{name} {d.text(digits)}")
+        groups.setdefault(_verdict(d), []).append(f"{name} ({d.text(digits)})")
     text = "From the untrained to the trained networks, " + "; ".join(
         f"these losses {verdict}: {', '.join(items)}" if len(items) > 1 else f"this loss {verdict}: {items[0]}"
         for verdict, items in groups.items()
@@ -498,26 +499,25 @@ def decoupling_takeaway(similarity: pd.DataFrame, factors: pd.DataFrame) -> dict
     if not (pooled.settled and pooled.effect > 0):
         missed.append("averaged over time, the shared features did not move closer together than the private ones")
     if grew.settled and grew.effect > 0:
-        recovered.append("training made the sentiment factor a dominant direction of language's shared features")
+        recovered.append(f"training made the sentiment factor occupy more of language's shared features (its share "
+                         f"of their variance changed by {grew.text(2)})")  # fmt: skip
     if gap.settled and gap.effect > 0:
         recovered.append("language's shared features hold more of the sentiment factor than its private ones")
     else:
-        missed.append("language's private features are about as dominated by the sentiment factor as its shared "
-                      "ones")  # fmt: skip
+        missed.append(f"language's private features hold about as much of the sentiment factor as its shared ones "
+                      f"(share in $c_L$ minus share in $s_L$: {gap.text(2)})")  # fmt: skip
     sent = [MODALITY_NAMES[m] for m, d in routed.items() if d.settled and d.effect > 0]
     kept = [MODALITY_NAMES[m] for m, d in routed.items() if not (d.settled and d.effect > 0)]
     if sent:
         recovered.append(f"the private factors of {' and '.join(sent)} occupy more of the private than of the shared "
                          "features")  # fmt: skip
     if kept:
-        missed.append(f"the private factors of {' and '.join(kept)} were not sent to the private features: both "
-                      "spaces hold them in similar proportions")  # fmt: skip
+        missed.append(f"the private factors of {' and '.join(kept)} were not sent to the private features beyond the "
+                      "seeds' noise")  # fmt: skip
     paragraph = "At this size, decoupling recovered this much of what the paper asks of it: "
     paragraph += ("; ".join(recovered) if recovered else "nothing that stands out of the seeds' noise") + ". "
     if missed:
-        paragraph += "It did not achieve the rest: " + "; ".join(missed) + ". "
-    paragraph += ("The task loss, which reads both spaces, weighs far more in the objective than the decoupling "
-                  "losses do (see the shares above).")  # fmt: skip
+        paragraph += "It did not achieve the rest: " + "; ".join(missed) + "."
     similarity_bullet = (f"The similarity of different modalities' shared features in the margin loss's projection "
                          f"changed by {projection.text(3)}; averaged over time, the shared minus the private change "
                          f"is {pooled.text(3)}.")  # fmt: skip
@@ -601,4 +601,13 @@ def gd_unit_figure(terms: pd.DataFrame, logits: Mapping[str, float], title: str 
     ax.axis("off")
     ax.grid(False)
     ax.set_title(title)
+    return fig
+
+
+def attention_figure(maps: Mapping[str, np.ndarray], target: str = "L") -> Figure:
+    """Cross-modal attention of one sample, one panel per source modality (stacked, to fit the page):
+    ``maps`` source -> ``(T_target, T_source)`` weights (:func:`dmd_book.plots.attention_map`)."""
+    fig, axes = plt.subplots(len(maps), 1, figsize=(5.2, 3.1 * len(maps)), squeeze=False)
+    for ax, (source, weights) in zip(axes[:, 0], maps.items()):
+        attention_map(np.asarray(weights), target, source, ax=ax)
     return fig
