@@ -14,17 +14,18 @@ inference mode (``no_grad`` opens the same regions). The runtime's spin policy
 (``OMP_WAIT_POLICY``) is read once, when PyTorch is imported, and the passive policy costs the idle
 case 1.5x; the team's size can change at any time. Measurements: ``benchmarks/results/busy.md``.
 
-What. :class:`FittedThreads` (used by :func:`dmd_core.evaluation.predict` on CPU) keeps PyTorch's
-thread count at the number of this process's cores that other processes leave free, never more than
-the count it found (``torch.set_num_threads``, ``dmd bench --threads``, the book's settings). Every
-:data:`INTERVAL_S` seconds, between mini-batches, it reads from ``/proc/stat`` how much CPU time the
-other processes took on this process's cores (stolen time of a virtual machine included) since the
-last look; a core counts as free while others use less than :data:`MARGIN` of it
-(:func:`threads_for`). The first look covers the time since the last evaluation (since this
-module's import for the first), so a trainer's validation starts from the load seen while it
-trained. Elsewhere than Linux (no ``/proc/stat``)
-the thread count stays as it is. Training keeps the count it is given: a run's weights are a
-function of its seed and its thread count.
+What. :class:`FittedThreads` (used by :func:`dmd_core.evaluation.predict` on CPU) watches, every
+:data:`INTERVAL_S` seconds between mini-batches, how much CPU time the other processes took on this
+process's cores (``/proc/stat``, stolen time of a virtual machine included). While they leave the
+cores free (less than :data:`MARGIN` of a core each, :func:`threads_for`) it keeps the count it
+found (``torch.set_num_threads``, ``dmd bench --threads``, the book's settings): no cost on an
+idle machine. While they hold part of them, it times the count found and the free cores' count for
+an interval each and keeps the faster, timing them again every :data:`REPROBE_S` seconds: how much a
+shared core costs depends on how the others run. The first look covers the time since the last
+evaluation (since this module's import for the first), so a trainer's validation starts from the
+load seen while it trained. Elsewhere than Linux (no ``/proc/stat``) the thread count stays as it
+is. Training keeps the count it is given: a run's weights are a function of its seed and its
+thread count.
 
 Numbers. PyTorch's CPU results can differ in their last bits between thread counts, so on a busy
 machine evaluation's numbers can differ in their last bits from an idle machine's (a training run's
@@ -43,6 +44,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -51,6 +53,7 @@ log = logging.getLogger(__name__)
 POLICIES = ("fit", "fixed")
 MARGIN = 0.3  # a core counts as free while others use less than this share of it (measured break-even 0.2-0.3)
 INTERVAL_S = 0.5  # seconds of work between two looks at the CPU counters (50 clock ticks a core)
+REPROBE_S = 5.0  # while others hold part of the cores, a count timed longer ago than this is timed again
 
 
 def _policy_from_environment() -> str:
@@ -126,9 +129,9 @@ def threads_for(found: int, others: float, cpus: int, margin: float = MARGIN) ->
     return max(1, min(found, math.floor(cpus - others + margin)))
 
 
-# The last block's closing reading, choice and use. The first block looks back to the import of this module
-# (a trainer's first validation: to its first epoch).
-_memory: dict[str, object] = {"reading": read_cpu_times(), "threads": None, "used": {}}
+# The last block's closing reading, choice, timed rates and use. The first block looks back to the import of this
+# module (a trainer's first validation: to its first epoch).
+_memory: dict[str, Any] = {"reading": read_cpu_times(), "threads": None, "rates": {}, "used": {}}
 
 
 class FittedThreads:
@@ -138,10 +141,19 @@ class FittedThreads:
 
         with FittedThreads() as fit:
             for batch in batches:
-                fit.step()      # before each mini-batch: looks at the counters every INTERVAL_S
+                fit.step(len(batch))  # before each mini-batch: looks at the counters every INTERVAL_S
                 ...
 
-    On entry the thread count found is the most used; on exit it is restored. ``used`` counts the
+    At each look (every ``interval`` seconds, between mini-batches) it reads how many cores other
+    processes used since the last one and times the samples done. While they leave the cores
+    free (:func:`threads_for` gives the count found), it runs on the count found. While they
+    hold part of them, the candidates are the count found and the free cores: each is timed for
+    one interval (again after :data:`REPROBE_S`) and the faster one kept. How much a shared core
+    costs depends on how the others run (one busy process on one core: one thread 3x faster;
+    other sessions' bursty work: two threads still 10% faster), so the counters only say when to
+    time, and the timing decides.
+
+    On entry the count found is the most used; on exit it is restored. ``used`` counts the
     mini-batches run at each thread count. ``read`` gives the readings (:func:`read_cpu_times`, or
     prepared ones in tests). Does nothing when not ``active`` (work on a GPU), under
     ``POLICY == "fixed"``, with one thread, or without readings.
@@ -153,7 +165,9 @@ class FittedThreads:
         self.interval = INTERVAL_S if interval is None else interval
         self.found = self.current = torch.get_num_threads()
         self.used: Counter[int] = Counter()
+        self.rates: dict[int, tuple[float, float]] = {}  # threads -> (samples/s, when timed)
         self._last: CpuTimes | None = None
+        self._samples = 0
 
     def __enter__(self) -> FittedThreads:
         self.found = self.current = torch.get_num_threads()
@@ -162,27 +176,44 @@ class FittedThreads:
         now = self.read()
         if now is None:
             return self
-        previous, threads = _memory["reading"], _memory["threads"]
-        if isinstance(previous, CpuTimes):
-            if now.at - previous.at >= self.interval:
-                self._set(threads_for(self.found, others_cores(previous, now), now.cpus))
-            elif isinstance(threads, int):
-                self._set(min(self.found, threads))
-        self._last = now
+        previous = _memory["reading"]
+        self.rates = dict(_memory["rates"])
+        if isinstance(previous, CpuTimes) and now.at - previous.at >= self.interval:
+            self._choose(others_cores(previous, now), now, probe=False)
+        elif isinstance(_memory["threads"], int):
+            self._set(min(self.found, _memory["threads"]))
+        self._last, self._samples = now, 0
         return self
 
-    def step(self) -> None:
-        """Call before each mini-batch: every ``interval`` seconds, fits the thread count to the free cores."""
+    def step(self, samples: int = 1) -> None:
+        """Call before each mini-batch of ``samples``: every ``interval`` seconds, a look and perhaps a new count."""
         if self._last is not None:
             reading = self.read()  # ~50 us: /proc/stat and /proc/self/stat
             if reading is not None and reading.at - self._last.at >= self.interval:
-                self._set(threads_for(self.found, others_cores(self._last, reading), reading.cpus))
-                self._last = reading
+                if self._samples:
+                    self.rates[self.current] = (self._samples / (reading.at - self._last.at), reading.at)
+                self._choose(others_cores(self._last, reading), reading, probe=True)
+                self._last, self._samples = reading, 0
         self.used[self.current] += 1
+        self._samples += samples
+
+    def _choose(self, others: float, now: CpuTimes, probe: bool) -> None:
+        free = threads_for(self.found, others, now.cpus)
+        if free == self.found:
+            self._set(self.found)
+            return
+        candidates = (self.found, free)
+        untimed = [k for k in candidates if k != self.current and (k not in self.rates or
+                                                                    now.at - self.rates[k][1] > REPROBE_S)]  # fmt: skip
+        if probe and untimed:
+            self._set(untimed[0])
+            return
+        timed = [k for k in candidates if k in self.rates]
+        self._set(max(timed, key=lambda k: self.rates[k][0]) if timed else free)
 
     def __exit__(self, *exc) -> None:
         if self._last is not None:
-            _memory.update(reading=self.read() or self._last, threads=self.current)
+            _memory.update(reading=self.read() or self._last, threads=self.current, rates=dict(self.rates))
         _memory["used"] = dict(self.used)
         if self.current != self.found:
             torch.set_num_threads(self.found)
@@ -203,8 +234,8 @@ def last_used() -> dict[int, int]:
 
 def forget() -> None:
     """Drop the reading and choice that carry over between blocks (the next block starts afresh)."""
-    _memory.update(reading=None, threads=None, used={})
+    _memory.update(reading=None, threads=None, rates={}, used={})
 
 
-__all__ = ["POLICY", "MARGIN", "INTERVAL_S", "FittedThreads", "threads_for", "others_cores", "read_cpu_times",
+__all__ = ["POLICY", "MARGIN", "INTERVAL_S", "REPROBE_S", "FittedThreads", "threads_for", "others_cores", "read_cpu_times",
            "busy_ticks", "own_ticks", "last_used", "forget"]  # fmt: skip

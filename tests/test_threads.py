@@ -33,20 +33,36 @@ def fitting(monkeypatch, threads):  # `threads` (conftest) restores torch's thre
     fitting_module.forget()
 
 
-class Readings:
-    """CPU counters as a machine where other processes use ``others`` cores would give, one reading per call."""
+class Machine:
+    """A simulated machine: a clock, other processes using ``others`` cores, and this process, whose
+    mini-batch of ``samples`` takes ``seconds[threads]`` at its current thread count."""
 
-    def __init__(self, others: list[float], cpus: int = 2, step: float = 1.0) -> None:
-        self.others, self.cpus, self.step = list(others), cpus, step
+    def __init__(self, others: float, seconds: dict[int, float] | None = None, cpus: int = 2, samples: int = 4):
+        self.others, self.seconds, self.cpus, self.samples = others, seconds or {2: 1.0, 1: 1.5}, cpus, samples
         self.at = self.busy = self.own = 0.0
 
-    def __call__(self) -> CpuTimes:
-        others = self.others.pop(0) if len(self.others) > 1 else self.others[0]
-        mine = torch.get_num_threads() * self.step
-        self.at += self.step
-        self.busy += others * self.step + mine
-        self.own += mine
+    def read(self) -> CpuTimes:
         return CpuTimes(at=self.at, busy=self.busy, own=self.own, cpus=self.cpus)
+
+    def wait(self, seconds: float) -> None:  # this process does nothing
+        self.at += seconds
+        self.busy += self.others * seconds
+
+    def batch(self) -> None:  # this process runs one mini-batch on all its threads
+        seconds = self.seconds[torch.get_num_threads()]
+        self.wait(seconds)
+        self.busy += torch.get_num_threads() * seconds
+        self.own += torch.get_num_threads() * seconds
+
+    def evaluate(self, batches: int, **kwargs) -> list[int]:
+        """A block of ``batches`` mini-batches; the thread count each ran at."""
+        seen = []
+        with FittedThreads(read=self.read, interval=0.5, **kwargs) as fit:
+            for _ in range(batches):
+                fit.step(self.samples)
+                seen.append(torch.get_num_threads())
+                self.batch()
+        return seen
 
 
 def test_busy_ticks_counts_every_column_but_idle_and_iowait_on_the_given_cpus_only():
@@ -81,64 +97,94 @@ def test_threads_for_counts_a_core_free_while_others_use_under_the_margin(found,
     assert threads_for(found, others, cpus) == expected
 
 
-def test_a_busy_core_drops_the_count_a_freed_core_brings_it_back_and_exit_restores_it():
-    read = Readings([0.0, 0.8, 0.8, 0.1, 0.1], step=1.0)
-    seen = []
-    with FittedThreads(read=read, interval=0.5) as fit:
-        for _ in range(4):
-            fit.step()
+def test_an_idle_machine_keeps_the_count_found_without_timing_anything_else():
+    machine = Machine(others=0.05)
+    assert machine.evaluate(20) == [2] * 20
+    assert torch.get_num_threads() == 2
+
+
+def test_beside_a_busy_process_the_faster_single_thread_is_kept_and_two_are_timed_again_now_and_then():
+    machine = Machine(others=0.8, seconds={2: 1.0, 1: 0.3})  # one thread 3x faster
+    seen = machine.evaluate(40)
+    assert seen[:2] == [2, 1]  # the first look (after one mini-batch) finds the cores busy: one thread is timed
+    assert seen.count(1) > 0.8 * len(seen)
+    assert 2 in seen[2:]  # after REPROBE_S of work, two threads are timed again, and dropped again
+    assert seen[-1] == 1 and torch.get_num_threads() == 2  # restored on exit
+
+
+def test_when_two_threads_stay_faster_on_a_shared_core_they_are_kept():
+    machine = Machine(others=0.6, seconds={2: 1.0, 1: 1.2})  # other sessions' bursty work: sharing costs less
+    seen = machine.evaluate(40)
+    assert seen[:3] == [2, 1, 2]  # one thread timed once, found slower
+    assert seen.count(2) > 0.8 * len(seen)
+
+
+def test_when_the_other_process_stops_the_count_found_comes_back_at_the_next_look():
+    machine = Machine(others=0.9, seconds={2: 1.0, 1: 0.3})
+    with FittedThreads(read=machine.read, interval=0.5) as fit:
+        seen = []
+        for i in range(12):
+            if i == 8:
+                machine.others = 0.0
+            fit.step(4)
             seen.append(torch.get_num_threads())
-    assert seen == [1, 1, 2, 2]
-    assert fit.used == {1: 2, 2: 2}  # mini-batches run at each count
-    assert torch.get_num_threads() == 2
+            machine.batch()
+    assert seen[7] == 1 and seen[-1] == 2
 
 
-def test_the_next_block_starts_from_what_the_last_one_saw():
-    read = Readings([0.0, 1.0])
-    with FittedThreads(read=read, interval=0.5) as fit:
-        fit.step()
-    assert torch.get_num_threads() == 2
-    with FittedThreads(read=read, interval=0.5):
-        assert torch.get_num_threads() == 1  # the gap since the last block's end was busy
+def test_the_next_block_starts_from_the_load_and_timings_the_last_one_saw():
+    machine = Machine(others=0.8, seconds={2: 1.0, 1: 0.3})
+    machine.evaluate(6)
+    machine.wait(10.0)  # the cores stay busy meanwhile
+    with FittedThreads(read=machine.read, interval=0.5):
+        assert torch.get_num_threads() == 1  # the faster count under this load, from the last block's timings
     fitting_module.forget()
-    with FittedThreads(read=read, interval=0.5):
+    with FittedThreads(read=machine.read, interval=0.5):
         assert torch.get_num_threads() == 2  # nothing remembered: the count found, until the first look
 
 
 def test_fixed_policy_one_thread_inactive_or_no_readings_leave_the_count_alone(monkeypatch):
-    def busy_block(**kwargs):
-        with FittedThreads(interval=0.0, **kwargs) as fit:
-            for _ in range(3):
-                fit.step()
-            return torch.get_num_threads()
-
-    assert busy_block(read=Readings([1.5]), active=False) == 2
-    assert busy_block(read=lambda: None) == 2
+    machine = Machine(others=1.5, seconds={2: 1.0, 1: 0.3})
+    assert machine.evaluate(6, active=False) == [2] * 6
+    with FittedThreads(read=lambda: None, interval=0.0) as fit:
+        for _ in range(3):
+            fit.step()
+            machine.batch()
+        assert torch.get_num_threads() == 2
     torch.set_num_threads(1)
-    assert busy_block(read=Readings([0.0])) == 1
+    assert machine.evaluate(6) == [1] * 6
     torch.set_num_threads(2)
     monkeypatch.setattr(fitting_module, "POLICY", "fixed")
-    assert busy_block(read=Readings([1.5])) == 2
+    assert machine.evaluate(6) == [2] * 6
     monkeypatch.setattr(fitting_module, "POLICY", "fit")
-    assert busy_block(read=Readings([1.5])) == 1
+    assert 1 in machine.evaluate(6)
 
 
-def test_predict_runs_the_model_on_one_thread_when_another_process_holds_a_core(monkeypatch):
+class SteppedMachine(Machine):
+    """A :class:`Machine` whose clock advances by one mini-batch at every reading after the first (one a batch)."""
+
+    def read(self) -> CpuTimes:
+        if getattr(self, "started", False):
+            self.batch()
+        self.started = True
+        return super().read()
+
+
+def test_predict_runs_the_model_on_one_thread_when_that_is_faster_beside_a_busy_process(monkeypatch):
     cfg = tiny_config()
-    split = random_split(cfg, 12, "test")
+    split = random_split(cfg, 40, "test")
     model = DMD(cfg)
     seen = []
     model.register_forward_hook(lambda *args: seen.append(torch.get_num_threads()))
-    monkeypatch.setattr(fitting_module, "read_cpu_times", Readings([1.0]))
+    monkeypatch.setattr(fitting_module, "read_cpu_times", SteppedMachine(0.9, {2: 1.0, 1: 0.3}).read)
     predict(model, split, "cpu", batch_size=4)
-    assert seen == [1, 1, 1]  # each reading 1 s after the last: the first look, before the first mini-batch, is due
-    assert torch.get_num_threads() == 2
-    assert fitting_module.last_used() == {1: 3}
+    assert seen.count(1) >= 7 and torch.get_num_threads() == 2
+    assert fitting_module.last_used() == {2: seen.count(2), 1: seen.count(1)}
     fitting_module.forget()
     seen.clear()
-    monkeypatch.setattr(fitting_module, "read_cpu_times", Readings([0.0]))
+    monkeypatch.setattr(fitting_module, "read_cpu_times", SteppedMachine(0.0).read)
     predict(model, split, "cpu", batch_size=4)
-    assert seen == [2, 2, 2]
+    assert seen == [2] * 10
 
 
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="no /proc/stat (not Linux)")
