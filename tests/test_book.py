@@ -443,3 +443,14 @@ def test_the_introduction_points_at_the_builds_own_timings_instead_of_typing_a_b
         r"(?:took|takes|in)\s+(?:about\s+)?[\d.]+(?:\s+to\s+[\d.]+)?\s*(?:min|minutes|s\b|seconds)", intro
     )
     assert not typed, f"a build time typed into the introduction, which the next build may contradict: {typed}"
+
+
+def test_the_build_check_runs_the_chapter_frame_check_on_every_executed_chapter(tmp_path, monkeypatch):
+    executed = tmp_path / "book" / "executed"
+    executed.mkdir(parents=True)
+    cells = _good_cells()
+    del cells[-1]  # no exercises
+    nbformat.write(_chapter(cells), executed / "09_chapter.ipynb")
+    monkeypatch.setattr(build, "EXECUTED_DIR", executed)
+    problems = build.check_book(html_dir=tmp_path / "html", names=("09_chapter",))
+    assert any("09_chapter.ipynb" in p and "'## Summary' then '## Exercises'" in p for p in problems), problems
