@@ -130,7 +130,7 @@ def predict(
     try:
         with _zero_text_encoder(model, "L" in zero), FittedThreads(active=device.type == "cpu") as threads:
             for batch in split.batches(batch_size, shuffle=False, device=device):
-                threads.step(len(batch.labels))
+                threads.step()
                 with autocast(device, precision):
                     out = model(*_model_inputs(model, batch, zero))
                 preds.append(out.prediction.float().reshape(-1))

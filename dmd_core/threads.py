@@ -14,18 +14,17 @@ inference mode (``no_grad`` opens the same regions). The runtime's spin policy
 (``OMP_WAIT_POLICY``) is read once, when PyTorch is imported, and the passive policy costs the idle
 case 1.5x; the team's size can change at any time. Measurements: ``benchmarks/results/busy.md``.
 
-What. :class:`FittedThreads` (used by :func:`dmd_core.evaluation.predict` on CPU) watches, every
-:data:`INTERVAL_S` seconds between mini-batches, how much CPU time the other processes took on this
-process's cores (``/proc/stat``, stolen time of a virtual machine included). While they leave the
-cores free (less than :data:`MARGIN` of a core each, :func:`threads_for`) it keeps the count it
-found (``torch.set_num_threads``, ``dmd bench --threads``, the book's settings): no cost on an
-idle machine. While they hold part of them, it times the count found and the free cores' count for
-an interval each and keeps the faster, timing them again every :data:`REPROBE_S` seconds: how much a
-shared core costs depends on how the others run. The first look covers the time since the last
-evaluation (since this module's import for the first), so a trainer's validation starts from the
-load seen while it trained. Elsewhere than Linux (no ``/proc/stat``) the thread count stays as it
-is. Training keeps the count it is given: a run's weights are a function of its seed and its
-thread count.
+What. :class:`FittedThreads` (used by :func:`dmd_core.evaluation.predict` on CPU) keeps PyTorch's
+thread count at the number of this process's cores that other processes leave free, never more than
+the count it found (``torch.set_num_threads``, ``dmd bench --threads``, the book's settings). Every
+:data:`INTERVAL_S` seconds, between mini-batches, it reads from ``/proc/stat`` how much CPU time the
+other processes took on this process's cores (stolen time of a virtual machine included) since the
+last look; a core counts as taken once others use more than :data:`MARGIN` of it, and, after this
+process has stepped back, as free again once they use less than :data:`RETURN_MARGIN` of the core it
+left (:func:`threads_for`). The first look covers the time since the last evaluation (since this
+module's import for the first), so a trainer's validation starts from the load seen while it
+trained. Elsewhere than Linux (no ``/proc/stat``) the thread count stays as it is. Training keeps
+the count it is given: a run's weights are a function of its seed and its thread count.
 
 Numbers. PyTorch's CPU results can differ in their last bits between thread counts, so on a busy
 machine evaluation's numbers can differ in their last bits from an idle machine's (a training run's
@@ -51,9 +50,14 @@ import torch
 log = logging.getLogger(__name__)
 
 POLICIES = ("fit", "fixed")
-MARGIN = 0.3  # a core counts as free while others use less than this share of it (measured break-even 0.2-0.3)
+# At the count found, a core counts as taken once others use more than MARGIN of it; on fewer threads, the core
+# this process freed counts as free again while others use less than RETURN_MARGIN of it (others spread into a
+# freed core: bursty work by 0.1-0.2 core, one busy process to the whole core). Measured (busy.md): one busy
+# process beside two threads takes 0.8 of a core and one thread is then 3x faster; other sessions' bursty work
+# takes 0.4-0.6 and two threads stay 10% faster.
+MARGIN = 0.6
+RETURN_MARGIN = 0.8
 INTERVAL_S = 0.5  # seconds of work between two looks at the CPU counters (50 clock ticks a core)
-REPROBE_S = 5.0  # while others hold part of the cores, a count timed longer ago than this is timed again
 
 
 def _policy_from_environment() -> str:
@@ -120,18 +124,21 @@ def others_cores(before: CpuTimes, after: CpuTimes) -> float:
     return max(0.0, ((after.busy - before.busy) - (after.own - before.own)) / seconds)
 
 
-def threads_for(found: int, others: float, cpus: int, margin: float = MARGIN) -> int:
+def threads_for(found: int, others: float, cpus: int, current: int | None = None) -> int:
     """Threads for a team that must not share a core with other work: the free cores, 1 to ``found``.
 
-    Free cores are ``cpus - others``, a partly used core counting as free while others use less
-    than ``margin`` of it. Two cores: others below 0.3 of a core, 2 threads; from 0.3 on, 1.
+    Free cores are ``cpus - others``, a partly used core counting as free while others use at
+    most :data:`MARGIN` of it, or :data:`RETURN_MARGIN` when the ``current`` count is below
+    ``found`` (the others were measured spreading into the core this process left). Two cores:
+    two threads up to 0.6 of a core used by others, then one thread until they use less than 0.8.
     """
+    margin = RETURN_MARGIN if current is not None and current < found else MARGIN
     return max(1, min(found, math.floor(cpus - others + margin)))
 
 
-# The last block's closing reading, choice, timed rates and use. The first block looks back to the import of this
-# module (a trainer's first validation: to its first epoch).
-_memory: dict[str, Any] = {"reading": read_cpu_times(), "threads": None, "rates": {}, "used": {}}
+# The last block's closing reading, choice and use. The first block looks back to the import of this module (a
+# trainer's first validation: to its first epoch).
+_memory: dict[str, Any] = {"reading": read_cpu_times(), "threads": None, "used": {}}
 
 
 class FittedThreads:
@@ -141,19 +148,10 @@ class FittedThreads:
 
         with FittedThreads() as fit:
             for batch in batches:
-                fit.step(len(batch))  # before each mini-batch: looks at the counters every INTERVAL_S
+                fit.step()      # before each mini-batch: looks at the counters every INTERVAL_S
                 ...
 
-    At each look (every ``interval`` seconds, between mini-batches) it reads how many cores other
-    processes used since the last one and times the samples done. While they leave the cores
-    free (:func:`threads_for` gives the count found), it runs on the count found. While they
-    hold part of them, the candidates are the count found and the free cores: each is timed for
-    one interval (again after :data:`REPROBE_S`) and the faster one kept. How much a shared core
-    costs depends on how the others run (one busy process on one core: one thread 3x faster;
-    other sessions' bursty work: two threads still 10% faster), so the counters only say when to
-    time, and the timing decides.
-
-    On entry the count found is the most used; on exit it is restored. ``used`` counts the
+    On entry the thread count found is the most used; on exit it is restored. ``used`` counts the
     mini-batches run at each thread count. ``read`` gives the readings (:func:`read_cpu_times`, or
     prepared ones in tests). Does nothing when not ``active`` (work on a GPU), under
     ``POLICY == "fixed"``, with one thread, or without readings.
@@ -165,9 +163,7 @@ class FittedThreads:
         self.interval = INTERVAL_S if interval is None else interval
         self.found = self.current = torch.get_num_threads()
         self.used: Counter[int] = Counter()
-        self.rates: dict[int, tuple[float, float]] = {}  # threads -> (samples/s, when timed)
         self._last: CpuTimes | None = None
-        self._samples = 0
 
     def __enter__(self) -> FittedThreads:
         self.found = self.current = torch.get_num_threads()
@@ -176,44 +172,28 @@ class FittedThreads:
         now = self.read()
         if now is None:
             return self
-        previous = _memory["reading"]
-        self.rates = dict(_memory["rates"])
+        previous, threads = _memory["reading"], _memory["threads"]
         if isinstance(previous, CpuTimes) and now.at - previous.at >= self.interval:
-            self._choose(others_cores(previous, now), now, probe=False)
-        elif isinstance(_memory["threads"], int):
-            self._set(min(self.found, _memory["threads"]))
-        self._last, self._samples = now, 0
+            # In between, this process ran (if at all) on the count found: each block restores it on exit.
+            self._set(threads_for(self.found, others_cores(previous, now), now.cpus))
+        elif isinstance(threads, int):
+            self._set(min(self.found, threads))
+        self._last = now
         return self
 
-    def step(self, samples: int = 1) -> None:
-        """Call before each mini-batch of ``samples``: every ``interval`` seconds, a look and perhaps a new count."""
+    def step(self) -> None:
+        """Call before each mini-batch: every ``interval`` seconds, fits the thread count to the free cores."""
         if self._last is not None:
             reading = self.read()  # ~50 us: /proc/stat and /proc/self/stat
             if reading is not None and reading.at - self._last.at >= self.interval:
-                if self._samples:
-                    self.rates[self.current] = (self._samples / (reading.at - self._last.at), reading.at)
-                self._choose(others_cores(self._last, reading), reading, probe=True)
-                self._last, self._samples = reading, 0
+                others = others_cores(self._last, reading)
+                self._set(threads_for(self.found, others, reading.cpus, current=self.current))
+                self._last = reading
         self.used[self.current] += 1
-        self._samples += samples
-
-    def _choose(self, others: float, now: CpuTimes, probe: bool) -> None:
-        free = threads_for(self.found, others, now.cpus)
-        if free == self.found:
-            self._set(self.found)
-            return
-        candidates = (self.found, free)
-        untimed = [k for k in candidates if k != self.current and (k not in self.rates or
-                                                                    now.at - self.rates[k][1] > REPROBE_S)]  # fmt: skip
-        if probe and untimed:
-            self._set(untimed[0])
-            return
-        timed = [k for k in candidates if k in self.rates]
-        self._set(max(timed, key=lambda k: self.rates[k][0]) if timed else free)
 
     def __exit__(self, *exc) -> None:
         if self._last is not None:
-            _memory.update(reading=self.read() or self._last, threads=self.current, rates=dict(self.rates))
+            _memory.update(reading=self.read() or self._last, threads=self.current)
         _memory["used"] = dict(self.used)
         if self.current != self.found:
             torch.set_num_threads(self.found)
@@ -234,8 +214,8 @@ def last_used() -> dict[int, int]:
 
 def forget() -> None:
     """Drop the reading and choice that carry over between blocks (the next block starts afresh)."""
-    _memory.update(reading=None, threads=None, rates={}, used={})
+    _memory.update(reading=None, threads=None, used={})
 
 
-__all__ = ["POLICY", "MARGIN", "INTERVAL_S", "REPROBE_S", "FittedThreads", "threads_for", "others_cores", "read_cpu_times",
+__all__ = ["POLICY", "MARGIN", "RETURN_MARGIN", "INTERVAL_S", "FittedThreads", "threads_for", "others_cores", "read_cpu_times",
            "busy_ticks", "own_ticks", "last_used", "forget"]  # fmt: skip
