@@ -168,7 +168,8 @@ def train_runs(jobs: Sequence[RunJob], workers: int = 1, threads: int | None = N
 
     ``threads``: PyTorch's CPU threads in each process (default: this process's threads shared out,
     at least one). A job's numbers do not depend on the processes around it: a run is a function of
-    its seed, and the same thread count gives the same bits. ``workers`` 1: in this process, one
+    its seed, and the same thread count gives the same bits (under any load with ``DMD_THREADS=fixed``:
+    :mod:`dmd_core.threads`). ``workers`` 1: in this process, one
     after another. A job that fails stops the others and raises its error here.
     """
     if workers < 1:

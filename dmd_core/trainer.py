@@ -17,7 +17,9 @@ Determinism: one seed fixes the initial weights (Python, numpy, torch seeded), t
 masks and the shuffling (a CPU ``torch.Generator`` of the run: the same order on every device;
 the permutation goes to the GPU once per epoch, not once per mini-batch). ``last.pt`` holds every
 RNG state, so a resumed run continues exactly where it stopped: on CPU, resuming gives the same
-numbers, bit for bit, as a run that was never interrupted.
+numbers, bit for bit, as a run that was never interrupted. Evaluation on a CPU that other processes
+keep busy runs on fewer threads (:mod:`dmd_core.threads`), which can change validation numbers in their
+last bits; ``DMD_THREADS=fixed`` keeps every run bit-identical under any load.
 
 Precision (``TrainConfig.precision``, :mod:`dmd_core.precision`): ``fp32`` is the recipe; ``bf16`` and
 ``fp16`` run the model under autocast. Labels, losses, metrics and the early-stopping comparison stay
