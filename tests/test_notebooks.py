@@ -75,8 +75,12 @@ def test_every_chapter_page_shows_its_figures_and_glued_numbers_and_no_error(bui
     figures = len(re.findall(r'<figure[^>]*id="fig-', html))
     assert figures >= MIN_FIGURES.get(name, 0), f"{name}: {figures} captioned figures"
     assert html.count('class="pasted-text"') + html.count("pasted-inline") > 0, f"{name}: no glued number"
+    text = re.sub(r"<[^>]+>", "", html)
     for bad in ("Traceback", "Error:", "Warning:", "nan%"):
-        assert bad not in re.sub(r"<[^>]+>", "", html), f"{name}: page shows {bad!r}"
+        assert bad not in text, f"{name}: page shows {bad!r}"
+    # Math in glued Markdown renders only when pasted as MyST ({glue:md}`key:myst`); otherwise the reader sees $x_m$.
+    raw = re.findall(r"\$\\?[A-Za-z]+_\{?[A-Za-z]", text)
+    assert not raw, f"{name}: page shows raw TeX {raw[:3]}"
 
 
 def test_pages_render_math_with_the_books_own_mathjax_and_show_no_machine_paths(built):
