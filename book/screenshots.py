@@ -12,7 +12,6 @@ check a person runs, not a test.
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import subprocess
 import sys
@@ -65,22 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=16000, help="window height: longer pages are cut off")
     parser.add_argument("--slice", type=int, default=1400)
-    parser.add_argument("--mathjax", type=Path, default=None,
-                        help="a local MathJax 3 folder (holding es5/tex-mml-chtml.js) to use instead of the CDN, "
-                        "for machines without network")  # fmt: skip
     args = parser.parse_args(argv)
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if browser is None:
         parser.error("no chromium found (apt-get install chromium)")
     args.out.mkdir(parents=True, exist_ok=True)
-    html_dir = args.html_dir
-    if args.mathjax is not None:
-        html_dir = Path(tempfile.mkdtemp(prefix="book-html-"))
-        shutil.copytree(args.html_dir, html_dir, dirs_exist_ok=True)
-        local = (args.mathjax / "es5" / "tex-mml-chtml.js").resolve().as_uri()
-        for file in html_dir.rglob("*.html"):
-            text = file.read_text(encoding="utf-8")
-            file.write_text(re.sub(r"https://cdn\.jsdelivr\.net/npm/mathjax@3/es5/tex-mml-chtml\.js", local, text))
+    html_dir = args.html_dir  # the book serves its own MathJax: pages render offline as they are
     for page in args.pages or toc_pages():
         html = html_dir / f"{page}.html"
         if not html.is_file():

@@ -408,7 +408,7 @@ def test_the_method_pages_display_equations_fit_the_text_column():
     if node is None or spec is None:
         pytest.skip("needs node and sphinx-mathjax-offline (the book extra)")
     mathjax = Path(spec.origin).parent / "static" / "mathjax" / "node-main.js"
-    equations = {f"{page.name}:{label or i}": body for page in [ROOT / "book" / "method.md"]
+    equations = {f"{page.name}:{label or i}": body for page in [ROOT / "book" / "method.md", ROOT / "book" / "data_format.md"]
                  for i, (body, label) in enumerate(re.findall(r"^\$\$\n(.*?)\n\$\$(?: \((\S+)\))?$",
                                                                 page.read_text(encoding="utf-8"), flags=re.S | re.M))}  # fmt: skip
     assert len(equations) > 20, "the method page's equations were not found"
