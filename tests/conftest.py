@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
-import pytest
-import torch
+# Before dmd_core is imported (dmd_core.threads reads it at import): module- and session-scoped fixtures that
+# train and evaluate must not depend on the load either (see fixed_evaluation_threads).
+os.environ["DMD_THREADS"] = "fixed"
 
-from dmd_core.config import DMDConfig
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from dmd_core.config import DMDConfig  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 FIXTURES = DATA / "fixtures"
