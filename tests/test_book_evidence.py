@@ -124,10 +124,10 @@ def test_ablations_are_judged_on_every_metric_over_paired_seeds():
     assert diffs["Non0_acc_2"].effect == pytest.approx(-1.0) and diffs["Non0_acc_2"].settled
     assert not diffs["MAE"].settled
     text = evidence.ablation_verdict(results)
-    assert text.startswith("Over 5 paired seeds, without x is worse than DMD (full) on Acc-2 −1.0")
+    assert text.startswith("Over 5 paired seeds, the model without x is worse than DMD (full) on Acc-2 −1.0")
     assert "not distinguishable from it on" in text and "MAE" in text and "Corr" in text
     table = evidence.ablation_table(results)
-    assert table.loc["Acc-2 (%)", "without x \u2212 DMD (full)"].endswith(": worse")
+    assert table.loc["Acc-2 (%)", "without x \u2212 DMD (full), 5 paired seeds"].endswith(": worse")
     estimates = evidence.ablation_estimates(results)
     assert estimates.loc["DMD (full)", "Non0_acc_2 mean"] == pytest.approx(80.0)
     assert estimates.loc["DMD (full)", "Non0_acc_2 lo"] < 80.0 < estimates.loc["DMD (full)", "Non0_acc_2 hi"]
@@ -207,8 +207,11 @@ def test_collapse_and_follow_verdicts_report_null_results_as_null_results():
     moved = {f: {"HomoGD": False, "HeteroGD": True} for f in ("language file", "audio file")}
     assert "in HeteroGD audio's teacher share rises" in edges.follow_verdict(audio, moved, share)
     assert edges.follows(audio, moved) is True
-    takeaway = edges.takeaway(None, False, False, None)
+    takeaway = edges.takeaway(True, None, False, False, None)
     assert "the prior's" in takeaway and "not established" in takeaway
+    assert "even the paper's prior did not give language a lead" in edges.takeaway(False, None, False, False, None)
+    assert edges.paper_lead(pd.Series([0.78, 0.80, 0.75, 0.82, 0.79]))
+    assert not edges.paper_lead(pd.Series([0.30, 0.36, 0.33, 0.31, 0.35]))
 
 
 def test_group_edges_contrasts_and_the_planted_incongruent_samples(tmp_path):
@@ -243,6 +246,10 @@ def test_group_edges_contrasts_and_the_planted_incongruent_samples(tmp_path):
     assert "language +" in edges.incongruent_verdict({"HomoGD, paper prior": contrast}, "V", 5)
     errors = edges.group_errors(seed_runs, groups)
     assert errors.loc[SEEDS[0], "a"] == pytest.approx(np.mean([2.0, 1.0, 0.0]))
+    noisy = pd.DataFrame({"a": [1.0, 1.2, 0.9, 1.1, 1.0], "b": [1.1, 1.0, 1.0, 1.0, 1.1]}, index=SEEDS)
+    assert edges.error_verdict(noisy, "a", "b").startswith("Whether these samples are harder")
+    noisy["a"] += [0.5, 0.6, 0.4, 0.5, 0.55]
+    assert edges.error_verdict(noisy, "a", "b").startswith("These samples are harder for the model")
 
 
 def test_seed_edges_read_each_seeds_tested_graph():

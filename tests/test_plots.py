@@ -66,7 +66,7 @@ def test_edge_curves_give_each_edge_a_panel_in_its_teachers_colour_with_every_se
     frames = {seed: pd.DataFrame({e: np.linspace(1 / 6, 0.1 + 0.05 * k + 0.01 * seed, 5)
                                   for k, e in enumerate(EDGE_NAMES)}, index=epochs) for seed in (1, 2)}  # fmt: skip
     prior = [0.05, 0.05, 0.3, 0.05, 0.3, 0.25]
-    fig = plots.edge_curves(frames, prior=prior, best={1: 3, 2: 5})
+    fig = plots.edge_curves(frames, prior=pd.Series(prior, index=list(EDGE_NAMES)), best={1: 3, 2: 5})
     assert len(fig.axes) == 6
     titles = [ax.get_title().replace(" \u2192 ", "->") for ax in fig.axes]
     assert sorted(titles) == sorted(EDGE_NAMES)
@@ -127,7 +127,7 @@ def test_small_figures_draw_without_error():
                           "Non0_acc_2 hi": [81.0, 78.0], "MAE mean": [0.7, 0.8], "MAE lo": [0.6, 0.7],
                           "MAE hi": [0.8, 0.9]}, index=["DMD (full)", "without graph distillation"])  # fmt: skip
     fig = plots.ablation_bars(table, metrics=("Non0_acc_2", "MAE"), baseline={"Non0_acc_2": 81.0, "MAE": 0.75})
-    assert len(fig.axes[0].patches) == 2
+    assert len(fig.axes[0].containers) == 2  # a dot with its interval per variant
     assert any(np.allclose(line.get_ydata(), 81.0) for line in fig.axes[0].lines)  # the baseline
     labels = [t.get_text() for t in fig.axes[2].get_legend().get_texts()]
     assert labels == ["DMD (full)", "without graph distillation", "ridge, all modalities"]
@@ -199,6 +199,8 @@ def _figure_builders() -> dict:
             reference=1 / 3,
             xlabel="teacher share",
             colors={f"{u}, {m} teaches": plots.PALETTE[m] for u in ("HomoGD", "HeteroGD") for m in "LVA"},
+            titles={f"{u}, {m} teaches": f"{m} teaches" for u in ("HomoGD", "HeteroGD") for m in "LVA"},
+            row_labels=["HomoGD", "HeteroGD"],
         ),  # fmt: skip
         "grouped_edge_bars": lambda: plots.grouped_edge_bars(
             pd.DataFrame(rng.dirichlet(np.ones(6), 3), columns=EDGE_NAMES, index=["negative", "neutral", "positive"])

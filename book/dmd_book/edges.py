@@ -20,7 +20,7 @@ from dmd_core.analysis import BRANCH_TITLES, MODALITY_NAMES, edges_by_class, pre
 from dmd_core.config import MODALITIES
 from dmd_core.distill import EDGE_NAMES
 
-from .evidence import SETTLE, _and, interval
+from .evidence import SETTLE, _and, _listed, brief, interval
 from .stats import Difference, difference, estimate, moved, permutation_spearman
 
 if TYPE_CHECKING:
@@ -97,9 +97,9 @@ def pattern_verdict(moves: Mapping[str, pd.DataFrame], n_seeds: int) -> str:
         if not up and not down:
             sentences.append(f"In {title} no edge left 1/6 beyond seed noise.")
             continue
-        text = f"In {title}, {_and(up) if up else 'no edge'} rose above 1/6"
+        text = f"In {title}, {_listed(up) if up else 'no edge'} rose above 1/6"
         if down:
-            text += f", and {_and(down)} fell below it"
+            text += f", and {_listed(down)} fell below it"
         if ups == paper:
             text += f": the paper's pattern ({_and([arrow(e) for e in sorted(paper)])} grow)"
         else:
@@ -148,15 +148,15 @@ def prior_verdict(paper: pd.Series, uniform: pd.Series, free: pd.Series, homo_fr
     text = (f"Language's HomoGD teacher share is {_share(paper)} with the paper's prior and {_share(uniform)} with a "
             f"uniform prior (change {drop.text(3)}).")  # fmt: skip
     if not left.settled:
-        text += (f" With a uniform prior it is not distinguishable from 1/3 ({left.text(3)} from 1/3): none of "
+        text += (f" With a uniform prior it is not distinguishable from 1/3 (difference {brief(left, 3)}): none of "
                  "language's lead is established without the paper's prior, so at this size the pattern of the "
                  "edge figure is the prior's.")  # fmt: skip
     elif left.effect > 0:
         share = (float(np.mean(uniform)) - UNIFORM_SHARE) / (float(np.mean(paper)) - UNIFORM_SHARE)
-        text += (f" A part of the lead survives a uniform prior ({left.text(3)} above 1/3, about {100 * share:.0f}% "
+        text += (f" A part of the lead survives a uniform prior ({brief(left, 3)} above 1/3, about {100 * share:.0f}% "
                  "of the excess the paper's prior gives).")  # fmt: skip
     else:
-        text += f" With a uniform prior language's share falls below 1/3 ({left.text(3)})."
+        text += f" With a uniform prior language's share falls below 1/3 (difference {brief(left, 3)})."
     if homo_free_moved:
         text += f" With no prior at all it is {_share(free)}."
     else:
@@ -251,7 +251,14 @@ def contrast(a: pd.DataFrame, b: pd.DataFrame, columns: Sequence[str]) -> pd.Dat
     rows = {}
     for c in columns:
         d: Difference = difference(a.loc[seeds, c], b.loc[seeds, c], paired=True)
-        rows[c] = {"mean": d.effect, "lo": d.lo, "hi": d.hi, "settled": d.settled, "text": d.text(3)}
+        rows[c] = {
+            "mean": d.effect,
+            "lo": d.lo,
+            "hi": d.hi,
+            "settled": d.settled,
+            "text": d.text(3),
+            "brief": brief(d, 3),
+        }
     return pd.DataFrame(rows).T.astype({"mean": float, "lo": float, "hi": float, "settled": bool})
 
 
@@ -260,9 +267,9 @@ def class_verdict(contrasts: Mapping[str, pd.DataFrame], seeds: int) -> str:
     :func:`contrast` positive minus negative per edge)."""
     clauses = []
     for title, frame in contrasts.items():
-        found = [f"{arrow(e)} {frame.loc[e, 'text']}" for e in EDGE_NAMES if frame.loc[e, "settled"]]
+        found = [f"{arrow(e)} {frame.loc[e, 'brief']}" for e in EDGE_NAMES if frame.loc[e, "settled"]]
         if found:
-            clauses.append(f"in {title}, {_and(found)} (positive minus negative)")
+            clauses.append(f"in {title}, {_listed(found)} (positive minus negative)")
         else:
             widest = max(abs(float(frame.loc[e, "lo"])) if math.isfinite(float(frame.loc[e, "lo"])) else 0.0
                          for e in EDGE_NAMES)  # fmt: skip
@@ -279,10 +286,10 @@ def incongruent_verdict(contrasts: Mapping[str, pd.DataFrame], carrier: str, see
     incongruent minus the others per teacher), where the words mislead and ``carrier`` carries the sentiment."""
     clauses, any_settled = [], False
     for label, frame in contrasts.items():
-        found = [f"{MODALITY_NAMES[m]} {frame.loc[m, 'text']}" for m in MODALITIES if frame.loc[m, "settled"]]
+        found = [f"{MODALITY_NAMES[m]} {frame.loc[m, 'brief']}" for m in MODALITIES if frame.loc[m, "settled"]]
         any_settled |= bool(found)
         if found:
-            clauses.append(f"{label}: {_and(found)}")
+            clauses.append(f"{label}: {_listed(found)}")
         else:
             clauses.append(f"{label}: no teacher share moves beyond seed noise")
     text = (f"On the incongruent test samples, where the words express an unrelated sentiment and "
@@ -333,6 +340,22 @@ def follow_verdict(audio_share: Mapping[str, pd.Series], moved_units: Mapping[st
     return text
 
 
+def paper_lead(paper: pd.Series) -> bool:
+    """Whether language's teacher share under the paper's prior is above 1/3 beyond seed noise."""
+    d = moved([UNIFORM_SHARE] * len(paper), paper)
+    return bool(d.settled and d.effect > 0)
+
+
+def error_verdict(errors: pd.DataFrame, group: str = "incongruent", others: str = "others") -> str:
+    """Whether the model's mean absolute error on ``group`` differs from the ``others`` (paired over seeds)."""
+    d = difference(errors[group], errors[others], paired=True)
+    numbers = (f"mean absolute error {interval(estimate(errors[group]), 3)} on the {group} samples and "
+               f"{interval(estimate(errors[others]), 3)} on the {others} (difference {d.text(3)})")  # fmt: skip
+    if not d.settled:
+        return f"Whether these samples are harder for the model is not established at this size: {numbers}."
+    return f"These samples are {'harder' if d.effect > 0 else 'easier'} for the model: {numbers}."
+
+
 def lead_survives(paper: pd.Series, uniform: pd.Series) -> bool | None:
     """Whether language's teacher share stays above 1/3 beyond seed noise with a uniform prior (None: its change from
     1/3 is not established, or the paper's prior gave it no lead to begin with)."""
@@ -374,11 +397,16 @@ def group_errors(seed_runs: SeedRuns, groups: pd.Series) -> pd.DataFrame:
     return pd.DataFrame(rows).T
 
 
-def takeaway(prior_lead_survives: bool | None, collapse: bool, agreement_tested: bool, follows: bool | None) -> str:
-    """The chapter's conclusion from its verdicts (each argument a finding of an earlier cell, None where the
-    comparison was not established)."""
+def takeaway(paper_lead: bool, prior_lead_survives: bool | None, collapse: bool, agreement_tested: bool,
+             follows: bool | None) -> str:  # fmt: skip
+    """The chapter's conclusion from its verdicts: ``paper_lead``, whether the paper's prior gave language a HomoGD
+    lead beyond seed noise; then :func:`lead_survives`, :func:`collapsed`, whether any agreement correlation was
+    tested, and :func:`follows` (None where the comparison was not established)."""
     parts = []
-    if prior_lead_survives is None:
+    if not paper_lead:
+        parts.append("In these runs even the paper's prior did not give language a lead beyond seed noise, so the "
+                     "comparison of priors says nothing at this size.")  # fmt: skip
+    elif prior_lead_survives is None:
         parts.append("In these runs the paper's edge pattern is the prior's: with a uniform prior no lead of "
                      "language is established, so the edge figure shows what the regulariser imposes.")  # fmt: skip
     elif prior_lead_survives:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,6 +92,18 @@ def judged(d: Difference, metric: str) -> str:
     return "better" if up != (metric in LOWER_IS_BETTER) else "worse"
 
 
+def brief(d: Difference, digits: int = 2) -> str:
+    """``"+1.2 [−0.3, +2.7], p = 0.11"``: :meth:`~dmd_book.stats.Difference.text` without the number of seeds, for
+    a sentence that states it once."""
+    return re.sub(r", \d+ (paired )?seeds?", "", d.text(digits))
+
+
+def _listed(items: Sequence[str]) -> str:
+    """Items that hold commas of their own (intervals), joined by semicolons: ``a; b and c``."""
+    items = list(items)
+    return items[0] if len(items) == 1 else f"{'; '.join(items[:-1])} and {items[-1]}"
+
+
 def _and(items: Sequence[str]) -> str:
     items = list(items)
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
@@ -144,7 +157,7 @@ def baseline_table(per_seed: pd.DataFrame, baseline: Mapping[str, float]) -> pd.
         rows[name + (" (%)" if m in PERCENT else "")] = {
             f"DMD, mean [95% CI], {n} seeds": interval(estimate(per_seed[m]), k),
             "ridge, all modalities (one fit)": f"{shown(m, baseline[m]):.{k}f}",
-            "DMD \u2212 ridge": diffs[m].text(k),
+            "DMD \u2212 ridge, p": brief(diffs[m], k),
             "DMD is": judged(diffs[m], m),
         }
     return pd.DataFrame(rows).T
@@ -155,16 +168,16 @@ def baseline_verdict(per_seed: pd.DataFrame, baseline: Mapping[str, float]) -> s
     diffs = baseline_comparison(per_seed, baseline)
     groups: dict[str, list[str]] = {"better": [], "worse": [], "not established": []}
     for m, d in diffs.items():
-        groups[judged(d, m)].append(f"{METRICS[m]} ({d.text(digits(m))})")
+        groups[judged(d, m)].append(f"{METRICS[m]} ({brief(d, digits(m))})")
     parts = []
     if groups["better"]:
-        parts.append(f"better than the ridge baseline beyond seed noise on {_and(groups['better'])}")
+        parts.append(f"better than the ridge baseline beyond seed noise on {_listed(groups['better'])}")
     if groups["worse"]:
         parts.append(f"{'worse' if parts else 'worse than the ridge baseline'} beyond seed noise on "
-                     f"{_and(groups['worse'])}")  # fmt: skip
+                     f"{_listed(groups['worse'])}")  # fmt: skip
     if groups["not established"]:
         parts.append(f"{'not distinguishable' if parts else 'not distinguishable from the ridge baseline'} on "
-                     f"{_and(groups['not established'])}")  # fmt: skip
+                     f"{_listed(groups['not established'])}")  # fmt: skip
     n = len(per_seed)
     return (
         f"Over {n} seed{'s' if n != 1 else ''}, DMD is "
@@ -239,7 +252,7 @@ def paired_table(a: pd.DataFrame, b: pd.DataFrame, a_name: str, b_name: str) -> 
         d = difference(a.loc[seeds, m], b.loc[seeds, m], paired=True)
         rows[name + (" (%)" if m in PERCENT else "")] = {
             a_name: interval(estimate(a.loc[seeds, m]), k), b_name: interval(estimate(b.loc[seeds, m]), k),
-            f"{a_name} \u2212 {b_name}": d.text(k), f"{a_name} is": judged(d, m),
+            f"{a_name} \u2212 {b_name}, {len(seeds)} paired seeds": brief(d, k), f"{a_name} is": judged(d, m),
         }  # fmt: skip
     return pd.DataFrame(rows).T
 
@@ -268,7 +281,8 @@ def validation_verdict(summary: pd.DataFrame, best: pd.DataFrame, last: pd.DataF
     diffs = {m: difference(best[m], last.loc[best.index, m], paired=True) for m in METRICS}
     better = [METRICS[m] for m, d in diffs.items() if judged(d, m) == "better"]
     worse = [METRICS[m] for m, d in diffs.items() if judged(d, m) == "worse"]
-    numbers = f"Acc-2 {diffs['Non0_acc_2'].text(1)}; MAE {diffs['MAE'].text(3)}"
+    n = diffs["MAE"].n
+    numbers = f"{n} paired seeds: Acc-2 {brief(diffs['Non0_acc_2'], 1)}; MAE {brief(diffs['MAE'], 3)}"
     if better and not worse:
         effect = f"Testing the best-validation weights instead of the last ones is better on {_and(better)} ({numbers})"
     elif worse and not better:
@@ -313,9 +327,9 @@ def missing_modality_summary(long: pd.DataFrame, metrics: Sequence[str] = ("Non0
             k = digits(m)
             row[METRICS[m]] = interval(estimate(group[m]), k)
             if present != "L+V+A":
-                row[f"{METRICS[m]} change"] = difference(group[m], full[m], paired=True).text(k)
+                row[f"{METRICS[m]} change, paired"] = brief(difference(group[m], full[m], paired=True), k)
             else:
-                row[f"{METRICS[m]} change"] = ""
+                row[f"{METRICS[m]} change, paired"] = ""
         rows[present] = row
     return pd.DataFrame(rows).T
 
@@ -328,13 +342,15 @@ def missing_modality_verdict(long: pd.DataFrame) -> str:
     for present, missing in names.items():
         group = long[long["present"] == present].set_index("seed").loc[full.index]
         d = difference(group["Non0_acc_2"], full["Non0_acc_2"], paired=True)
-        (hurt if d.settled else unclear).append(f"{missing} ({d.text(1)})")
+        (hurt if d.settled else unclear).append(f"{missing} ({brief(d, 1)})")
     parts = []
     if hurt:
-        parts.append(f"Zeroing {_and(hurt)} changes Acc-2 beyond seed noise (points, paired with all three)")
+        parts.append(f"Zeroing {_listed(hurt)} changes Acc-2 beyond seed noise (points, {len(full)} seeds paired "
+                     "with all three modalities)")  # fmt: skip
     if unclear:
         lead = "zeroing" if parts else "Zeroing"
-        parts.append(f"{lead} {_and(unclear)} changes it by an amount not established at this size")
+        verb = "changes" if len(unclear) == 1 else "change"
+        parts.append(f"{lead} {_listed(unclear)} {verb} it by an amount not established at this size")
     return "; ".join(parts) + "."
 
 
@@ -386,7 +402,7 @@ def ablation_table(results: Mapping[str, SeedRuns], reference: str | None = None
         k = digits(m)
         row = {name: interval(estimate(per_seed[name][m]), k) for name in names}
         for name, d in diffs.items():
-            row[f"{name} \u2212 {reference}"] = f"{d[m].text(k)}: {judged(d[m], m)}"
+            row[f"{name} \u2212 {reference}, {d[m].n} paired seeds"] = f"{brief(d[m], k)}: {judged(d[m], m)}"
         rows[label + (" (%)" if m in PERCENT else "")] = row
     return pd.DataFrame(rows).T
 
@@ -400,17 +416,18 @@ def ablation_verdict(results: Mapping[str, SeedRuns], reference: str | None = No
     for name, diffs in ablation_differences(results, reference).items():
         groups: dict[str, list[str]] = {"better": [], "worse": [], "not established": []}
         for m, d in diffs.items():
-            groups[judged(d, m)].append(f"{METRICS[m]} {d.text(digits(m))}")
+            groups[judged(d, m)].append(f"{METRICS[m]} {brief(d, digits(m))}")
         n = next(iter(diffs.values())).n
         parts = []
         if groups["worse"]:
-            parts.append(f"worse than {reference} on {_and(groups['worse'])}")
+            parts.append(f"worse than {reference} on {_listed(groups['worse'])}")
         if groups["better"]:
-            parts.append(f"better on {_and(groups['better'])}")
+            parts.append(f"better on {_listed(groups['better'])}")
         if groups["not established"]:
             lead = "not distinguishable from it" if parts else f"not distinguishable from {reference}"
-            parts.append(f"{lead} on {_and(groups['not established'])}")
-        sentences.append(f"Over {n} paired seeds, {name} is " + "; ".join(parts) + ".")
+            parts.append(f"{lead} on {_listed(groups['not established'])}")
+        subject = f"the model {name}" if name.startswith("without") else name
+        sentences.append(f"Over {n} paired seeds, {subject} is " + "; ".join(parts) + ".")
     established = any(d.settled for diffs in ablation_differences(results, reference).values() for d in diffs.values())
     if not established:
         sentences.append(f"No ablation's effect is established at this size on any metric; {SETTLE} would tell "

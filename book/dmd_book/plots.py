@@ -294,7 +294,7 @@ def edge_curves(runs: Mapping[object, pd.DataFrame], prior: Mapping[str, float] 
     teacher's colour; a dotted line marks 1/6, where every edge starts, and a dashed one the ``prior``.
     ``best``: seed -> its best-validation epoch, marked on the seed's line.
     """
-    if isinstance(prior, Mapping):
+    if isinstance(prior, (Mapping, pd.Series)):  # by edge name
         prior = [float(prior[e]) for e in EDGE_NAMES]
     frames = list(runs.values())
     fig, axes = plt.subplots(2, 3, figsize=(6.2, 4.3), sharex=True, sharey=True, layout="constrained")
@@ -441,34 +441,40 @@ ABLATION_METRICS: dict[str, str] = {"Non0_acc_2": "Acc-2 (%)", "Non0_F1_score": 
                                     "MAE": "MAE (lower is better)", "Corr": "Corr"}  # fmt: skip
 
 
+BASELINE_COLOR = "#CC79A7"  # Okabe-Ito reddish purple: a reference line that no modality owns
+
+
 def ablation_bars(table: pd.DataFrame, metrics: Sequence[str] = tuple(ABLATION_METRICS),
                   baseline: Mapping[str, float] | None = None, baseline_label: str = "ridge, all modalities") -> Figure:  # fmt: skip
-    """One panel per metric: a bar per variant (rows of ``table``) at its mean, whiskers its 95% interval over seeds.
+    """One panel per metric: a dot per variant (rows of ``table``) at its mean, whiskers its 95% interval over seeds.
 
     ``table`` has columns ``"<metric> mean"``, ``"<metric> lo"``, ``"<metric> hi"``
     (:func:`dmd_book.evidence.ablation_estimates`). ``baseline``: metric -> value (same units) drawn as a dashed
-    line in every panel. The last panel holds the legend.
+    line in every panel. Dots rather than bars, since each axis shows only the range of the values. The last
+    panel holds the legend.
     """
     names = [str(i) for i in table.index]
     ncols = 3
     nrows = int(np.ceil((len(metrics) + 1) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(6.2, 2.3 * nrows + 0.2), squeeze=False, layout="constrained")
-    shades = ["#333333", "#8C8C8C", "#C8C8C8", "#E2E2E2"]
-    hatches = ["", "//", "..", "xx"]
+    shades = ["#000000", "#6E6E6E", "#A8A8A8", "#C8C8C8"]
+    markers = ["o", "s", "D", "^"]
     x = np.arange(len(names))
     for ax, metric in zip(axes.ravel(), metrics):
         means = table[f"{metric} mean"].to_numpy(float)
-        lo, hi = table[f"{metric} lo"].to_numpy(float), table[f"{metric} hi"].to_numpy(float)
-        yerr = np.vstack([means - np.where(np.isfinite(lo), lo, means), np.where(np.isfinite(hi), hi, means) - means])
+        lo = np.where(np.isfinite(table[f"{metric} lo"].to_numpy(float)), table[f"{metric} lo"].to_numpy(float), means)
+        hi = np.where(np.isfinite(table[f"{metric} hi"].to_numpy(float)), table[f"{metric} hi"].to_numpy(float), means)
         for i, name in enumerate(names):
-            ax.bar(x[i], means[i], yerr=yerr[:, i : i + 1], color=shades[i % len(shades)], hatch=hatches[i % 4],
-                   edgecolor="white", capsize=4, label=name)  # fmt: skip
-        values = [*np.where(np.isfinite(lo), lo, means), *np.where(np.isfinite(hi), hi, means)]
+            ax.errorbar(x[i], means[i], yerr=[[means[i] - lo[i]], [hi[i] - means[i]]], fmt=markers[i % 4],
+                        color=shades[i % 4], capsize=4, markersize=7, label=name)  # fmt: skip
+        values = [*lo, *hi]
         if baseline is not None and metric in baseline:
-            ax.axhline(float(baseline[metric]), color=PALETTE["L"], linestyle="--", linewidth=1.4, label=baseline_label)
+            ax.axhline(float(baseline[metric]), color=BASELINE_COLOR, linestyle="--", linewidth=1.6,
+                       label=baseline_label)  # fmt: skip
             values.append(float(baseline[metric]))
         span = max(values) - min(values) or abs(max(values)) or 1.0
-        ax.set_ylim(min(values) - 0.35 * span, max(values) + 0.2 * span)
+        ax.set_ylim(min(values) - 0.15 * span, max(values) + 0.15 * span)
+        ax.set_xlim(-0.6, len(names) - 0.4)
         ax.set_xticks([])
         ax.set_title(ABLATION_METRICS.get(metric, metric))
     spare = axes.ravel()[len(metrics)]
@@ -498,12 +504,13 @@ def seed_curves(histories: Mapping[str, pd.DataFrame], column: str, ax: Axes | N
 
 
 def interval_panels(panels: Mapping[str, pd.DataFrame], reference: float | None = None, xlabel: str = "",
-                    colors: Mapping[str, str] | None = None, ncols: int = 3,
-                    reference_label: str | None = None) -> Figure:  # fmt: skip
-    """Small multiples of dots with 95% intervals: panel title -> DataFrame (rows: the same labels in every
+                    colors: Mapping[str, str] | None = None, ncols: int = 3, reference_label: str | None = None,
+                    titles: Mapping[str, str] | None = None, row_labels: Sequence[str] | None = None) -> Figure:  # fmt: skip
+    """Small multiples of dots with 95% intervals: panel key -> DataFrame (rows: the same labels in every
     panel; columns ``mean``, ``lo``, ``hi``). ``reference`` draws a dotted vertical line (e.g. 1/3 or 0);
-    ``colors``: panel title -> colour (e.g. a teacher's)."""
-    titles = list(panels)
+    ``colors``: panel key -> colour (e.g. a teacher's); ``titles``: panel key -> the title shown (default the key);
+    ``row_labels``: a label per row of panels, shown left of its first panel (e.g. the GD-Unit)."""
+    shown, titles = titles, list(panels)
     ncols = min(ncols, len(titles))
     nrows = int(np.ceil(len(titles) / ncols))
     labels = [str(i) for i in next(iter(panels.values())).index]
@@ -520,11 +527,12 @@ def interval_panels(panels: Mapping[str, pd.DataFrame], reference: float | None 
         if reference is not None:
             ax.axvline(reference, color="black", linestyle=":", linewidth=1.0, label=reference_label)
         ax.set_yticks(y, labels)
-        ax.set_title(title, color=color)
-        ax.tick_params(axis="x", rotation=0)
+        ax.set_title((shown or {}).get(title, title), color=color)
         ax.xaxis.set_major_locator(plt.MaxNLocator(3))
     for ax in axes.ravel()[len(titles) :]:
         ax.axis("off")
+    for row, label in zip(axes, row_labels or []):
+        row[0].set_ylabel(label, fontsize=plt.rcParams["axes.titlesize"], fontweight="bold")
     if xlabel:
         fig.supxlabel(xlabel)
     return fig
