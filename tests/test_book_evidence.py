@@ -71,7 +71,8 @@ def test_baseline_headline_says_dmd_does_not_clear_the_bar_when_it_is_worse_and_
                              "Corr": [0.73, 0.74, 0.72, 0.73, 0.73]}, index=SEEDS)  # fmt: skip
     baseline = {"Non0_acc_2": 0.806, "Non0_F1_score": 0.80, "Mult_acc_7": 0.35, "MAE": 0.771, "Corr": 0.733}
     headline = evidence.baseline_headline(per_seed, baseline)
-    assert headline.startswith("At this size DMD does not clear the ridge baseline") and "Acc-2 and MAE" in headline
+    assert headline.startswith("At this size DMD does not clear the bar, chapter 1's ridge regression")
+    assert headline.endswith("worse on Acc-2 and MAE.")
 
 
 def test_ridge_baseline_reads_chapter_1s_file_and_recomputes_it_for_another_test_split(tmp_path):
@@ -127,7 +128,10 @@ def test_ablations_are_judged_on_every_metric_over_paired_seeds():
     assert text.startswith("Over 5 paired seeds, the model without x is worse than DMD (full) on Acc-2 −1.0")
     assert "not distinguishable from it on" in text and "MAE" in text and "Corr" in text
     table = evidence.ablation_table(results)
-    assert table.loc["Acc-2 (%)", "without x \u2212 DMD (full), 5 paired seeds"].endswith(": worse")
+    assert table.loc["Acc-2 (%)", ("without x", "is")] == "worse"
+    assert table.loc["MAE", ("without x", "minus DMD (full), p")].startswith("+0.000 [")
+    assert evidence.ablation_headline(results) == ("The model without x is worse on Acc-2 than DMD (full) beyond seed "
+                                                   "noise (5 paired seeds).")  # fmt: skip
     estimates = evidence.ablation_estimates(results)
     assert estimates.loc["DMD (full)", "Non0_acc_2 mean"] == pytest.approx(80.0)
     assert estimates.loc["DMD (full)", "Non0_acc_2 lo"] < 80.0 < estimates.loc["DMD (full)", "Non0_acc_2 hi"]

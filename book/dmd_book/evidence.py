@@ -186,23 +186,26 @@ def baseline_verdict(per_seed: pd.DataFrame, baseline: Mapping[str, float]) -> s
     )
 
 
+BAR = "chapter 1's ridge regression on all three modalities"
+
+
 def baseline_headline(per_seed: pd.DataFrame, baseline: Mapping[str, float]) -> str:
     """One sentence: does DMD clear the ridge baseline at this size (from :func:`baseline_comparison`)."""
     verdicts = {m: judged(d, m) for m, d in baseline_comparison(per_seed, baseline).items()}
     better = [METRICS[m] for m, v in verdicts.items() if v == "better"]
     worse = [METRICS[m] for m, v in verdicts.items() if v == "worse"]
     if better and not worse and len(better) == len(verdicts):
-        return "At this size DMD clears the ridge baseline on every metric."
+        return f"At this size DMD clears the bar, {BAR}, on every metric."
     if worse and not better:
-        return (f"At this size DMD does not clear the ridge baseline: it is better on none of the {len(verdicts)} "
+        return (f"At this size DMD does not clear the bar, {BAR}: it is better on none of the {len(verdicts)} "
                 f"metrics and worse on {_and(worse)}.")  # fmt: skip
     if not better and not worse:
-        return (f"Whether DMD clears the ridge baseline is not established at this size: no metric differs beyond "
+        return (f"Whether DMD clears the bar, {BAR}, is not established at this size: no metric differs beyond "
                 f"seed noise; {SETTLE} would settle it.")  # fmt: skip
     if better and not worse:
-        return (f"At this size DMD clears the ridge baseline on {_and(better)}; the other metrics do not differ "
+        return (f"At this size DMD clears the bar, {BAR}, on {_and(better)}; the other metrics do not differ "
                 "beyond seed noise.")  # fmt: skip
-    return f"The comparison is mixed at this size: DMD is better on {_and(better)} and worse on {_and(worse)}."
+    return f"Against the bar, {BAR}, DMD is better on {_and(better)} and worse on {_and(worse)} at this size."
 
 
 # --------------------------------------------------------------------------- validation: the best epoch against the last
@@ -391,8 +394,8 @@ def ablation_differences(
 
 
 def ablation_table(results: Mapping[str, SeedRuns], reference: str | None = None) -> pd.DataFrame:
-    """Rows: metrics; per variant the mean [95% CI] over seeds, per ablation the paired difference from
-    ``reference`` and whether the ablation is better, worse or not established."""
+    """Rows: metrics; per variant (top column level) the mean [95% CI] over seeds and, for each ablation, the paired
+    difference from ``reference`` with its p-value and whether the ablation is better, worse or not established."""
     names = list(results)
     reference = reference or names[0]
     diffs = ablation_differences(results, reference)
@@ -400,11 +403,34 @@ def ablation_table(results: Mapping[str, SeedRuns], reference: str | None = None
     rows = {}
     for m, label in METRICS.items():
         k = digits(m)
-        row = {name: interval(estimate(per_seed[name][m]), k) for name in names}
-        for name, d in diffs.items():
-            row[f"{name} \u2212 {reference}, {d[m].n} paired seeds"] = f"{brief(d[m], k)}: {judged(d[m], m)}"
+        row = {}
+        for name in names:
+            row[(name, "mean [95% CI]")] = interval(estimate(per_seed[name][m]), k)
+            if name in diffs:
+                row[(name, f"minus {reference}, p")] = brief(diffs[name][m], k)
+                row[(name, "is")] = judged(diffs[name][m], m)
         rows[label + (" (%)" if m in PERCENT else "")] = row
     return pd.DataFrame(rows).T
+
+
+def ablation_headline(results: Mapping[str, SeedRuns], reference: str | None = None) -> str:
+    """One sentence per ablation: the metrics on which it differs from ``reference`` beyond seed noise, or none."""
+    names = list(results)
+    reference = reference or names[0]
+    sentences = []
+    for name, diffs in ablation_differences(results, reference).items():
+        better = [METRICS[m] for m, d in diffs.items() if judged(d, m) == "better"]
+        worse = [METRICS[m] for m, d in diffs.items() if judged(d, m) == "worse"]
+        n = next(iter(diffs.values())).n
+        subject = f"The model {name}" if name.startswith("without") else name
+        if not better and not worse:
+            sentences.append(f"{subject} differs from {reference} on none of the {len(diffs)} metrics beyond seed "
+                             f"noise ({n} paired seeds).")  # fmt: skip
+        else:
+            found = ([f"better on {_and(better)}"] if better else []) + ([f"worse on {_and(worse)}"] if worse else [])
+            sentences.append(f"{subject} is {' and '.join(found)} than {reference} beyond seed noise ({n} paired "
+                             "seeds).")  # fmt: skip
+    return " ".join(sentences)
 
 
 def ablation_verdict(results: Mapping[str, SeedRuns], reference: str | None = None) -> str:
