@@ -80,29 +80,38 @@ def pooled_features(split: Split, modality: str) -> np.ndarray:
     return torch.cat([x.mean(1), x.std(1)], dim=1).numpy()
 
 
-def unimodal_probes(train: Split, test: Split, modalities: Sequence[str] = MODALITIES,
-                    combined: bool = True) -> pd.DataFrame:  # fmt: skip
-    """How far each modality gets alone: a ridge regression on time-pooled features, scored on ``test``.
-
-    One row per modality (plus ``"all"`` on the three concatenated when ``combined``)
-    with the MMSA metrics; the ridge penalty is chosen by cross-validation on ``train``.
-    """
+def probe_predictions(train: Split, test: Split, modalities: Sequence[str] = MODALITIES,
+                      combined: bool = True) -> dict[str, np.ndarray]:  # fmt: skip
+    """The test predictions of a ridge regression on time-pooled features, one array per modality (plus
+    ``"all"`` on the three concatenated when ``combined``); the penalty is chosen by cross-validation on ``train``."""
     from sklearn.linear_model import RidgeCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from .metrics import regression_metrics
-
-    y_train, y_test = np.asarray(train.labels, dtype=np.float64), np.asarray(test.labels, dtype=np.float64)
+    y_train = np.asarray(train.labels, dtype=np.float64)
     feats = {m: (pooled_features(train, m), pooled_features(test, m)) for m in modalities}
     if combined:
         feats["all"] = (np.concatenate([f[0] for f in feats.values()], 1),
                         np.concatenate([f[1] for f in feats.values()], 1))  # fmt: skip
-    rows = {}
+    out = {}
     for name, (x_train, x_test) in feats.items():
         probe = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-1, 5, 13)))
-        probe.fit(x_train, y_train)
-        rows[name] = regression_metrics(probe.predict(x_test), y_test)
+        out[name] = probe.fit(x_train, y_train).predict(x_test)
+    return out
+
+
+def unimodal_probes(train: Split, test: Split, modalities: Sequence[str] = MODALITIES,
+                    combined: bool = True) -> pd.DataFrame:  # fmt: skip
+    """How far each modality gets alone: :func:`probe_predictions` scored on ``test``.
+
+    One row per modality (plus ``"all"`` on the three concatenated when ``combined``)
+    with the MMSA metrics.
+    """
+    from .metrics import regression_metrics
+
+    y_test = np.asarray(test.labels, dtype=np.float64)
+    predictions = probe_predictions(train, test, modalities, combined)
+    rows = {name: regression_metrics(pred, y_test) for name, pred in predictions.items()}
     return pd.DataFrame.from_dict(rows, orient="index")
 
 

@@ -1,6 +1,6 @@
 """What chapters 1-3 (data, decoupling, graph distillation) compute, say and draw beyond the shared helpers.
 
-* Chapter 1: :func:`probe_predictions` (the test predictions of :func:`dmd_core.analysis.unimodal_probes`'s
+* Chapter 1: :func:`~dmd_core.analysis.probe_predictions` (the test predictions of :func:`dmd_core.analysis.unimodal_probes`'s
   ridge probes), :func:`bootstrap_difference` (a metric difference between two predictors on the same test
   samples, with its paired bootstrap interval), :func:`write_baseline` / :func:`read_baseline` (the
   all-modality probe as the bar DMD must clear, ``<work_dir>/baseline.json``, which chapters 4 and 6 read)
@@ -33,7 +33,11 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from matplotlib.patches import Circle, FancyArrowPatch
 
-from dmd_core.analysis import MODALITY_NAMES, decoupled_features, pooled_features
+from dmd_core.analysis import (
+    MODALITY_NAMES,
+    decoupled_features,
+    probe_predictions,  # noqa: F401  (chapter 1 calls it from here)
+)
 from dmd_core.config import MODALITIES
 from dmd_core.distill import EDGE_NAMES, STUDENTS, TEACHERS
 from dmd_core.metrics import regression_metrics
@@ -56,26 +60,6 @@ def _signed(value: float, digits: int) -> str:
 
 
 # --------------------------------------------------------------------------- chapter 1: the probes and the bar
-
-
-def probe_predictions(train: Split, test: Split, modalities: Sequence[str] = MODALITIES,
-                      combined: bool = True) -> dict[str, np.ndarray]:  # fmt: skip
-    """The test predictions of the ridge probes of :func:`dmd_core.analysis.unimodal_probes` (the same
-    time-pooled features, scaling and cross-validated penalty), one array per modality and ``"all"``."""
-    from sklearn.linear_model import RidgeCV
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    y_train = np.asarray(train.labels, dtype=np.float64)
-    feats = {m: (pooled_features(train, m), pooled_features(test, m)) for m in modalities}
-    if combined:
-        feats["all"] = (np.concatenate([f[0] for f in feats.values()], 1),
-                        np.concatenate([f[1] for f in feats.values()], 1))  # fmt: skip
-    out = {}
-    for name, (x_train, x_test) in feats.items():
-        probe = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-1, 5, 13)))
-        out[name] = probe.fit(x_train, y_train).predict(x_test)
-    return out
 
 
 @dataclass(frozen=True)
