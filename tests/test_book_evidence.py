@@ -218,6 +218,21 @@ def test_collapse_and_follow_verdicts_report_null_results_as_null_results():
     assert not edges.paper_lead(pd.Series([0.30, 0.36, 0.33, 0.31, 0.35]))
 
 
+def test_summary_sentences_follow_the_same_comparisons_as_the_verdicts():
+    paper = pd.Series([0.78, 0.80, 0.75, 0.82, 0.79])
+    flat = pd.Series([0.33, 0.334, 0.332, 0.335, 0.331])
+    first, second, third, fourth = edges.summary(paper, flat, collapse=False, follows=None)
+    assert "language leads" in first and "5 seeds" in first and "0.788 [" in first
+    assert "that lead is gone" in second and "shows the prior" in second
+    assert "not established" in third and "not established" in fourth
+    survived = pd.Series([0.45, 0.47, 0.44, 0.46, 0.45])
+    assert "survives a uniform prior" in edges.summary(paper, survived, True, True)[1]
+    assert "drops language" in edges.summary(paper, survived, True, True)[2]
+    assert "turns towards audio" in edges.summary(paper, survived, True, True)[3]
+    first, second, *_ = edges.summary(flat, flat, collapse=False, follows=False)
+    assert "is not above 1/3" in first and "says nothing" in second
+
+
 def test_group_edges_contrasts_and_the_planted_incongruent_samples(tmp_path):
     settings = book.BookSettings(work_dir=str(tmp_path), scale=0.05)
     ds = settings.load(settings.data_file())
