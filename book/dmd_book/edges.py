@@ -397,34 +397,33 @@ def group_errors(seed_runs: SeedRuns, groups: pd.Series) -> pd.DataFrame:
     return pd.DataFrame(rows).T
 
 
+# The sentence for each answer of :func:`follows`, in the summary and the takeaway alike.
+FOLLOWS = {None: "Whether a free graph turns towards the modality that carries the signal is not established at this "
+                 "size.",
+           True: "A free graph turns towards audio when audio carries the signal.",
+           False: "A free graph does not turn towards audio when audio carries the signal."}  # fmt: skip
+
+
 def summary(paper: pd.Series, uniform: pd.Series, collapse: bool, follows: bool | None) -> tuple[str, ...]:
     """The chapter's summary, one short sentence per bullet, each with the comparison it rests on
     (language's HomoGD teacher share per seed with the paper's and a uniform prior; :func:`collapsed`;
     :func:`follows`). The full sentences, with every interval, stand in the sections above."""
     n = len(paper)
-    lead = moved([UNIFORM_SHARE] * n, paper)
-    left = moved([UNIFORM_SHARE] * len(uniform), uniform)
-    if lead.settled and lead.effect > 0:
+    if paper_lead(paper):
         first = (f"With the paper's prior, language leads as a teacher: its HomoGD share is {_share(paper)} against "
                  f"1/3 in the uniform graph ({n} seeds).")  # fmt: skip
-        if not left.settled:
-            second = (f"With a uniform prior that lead is gone ({_share(uniform)}): at this size the edge figure shows "
-                      "the prior.")  # fmt: skip
-        elif left.effect > 0:
-            second = f"Part of the lead survives a uniform prior ({_share(uniform)}): the data favour language too."
-        else:
-            second = f"With a uniform prior language's share falls below 1/3 ({_share(uniform)})."
+        second = {None: f"With a uniform prior that lead is gone ({_share(uniform)}): at this size the edge figure "
+                        "shows the prior.",
+                  True: f"Part of the lead survives a uniform prior ({_share(uniform)}): the data favour language too.",
+                  False: f"With a uniform prior language's share falls below 1/3 ({_share(uniform)})."
+                  }[lead_survives(paper, uniform)]  # fmt: skip
     else:
         first = (f"Even with the paper's prior, language's HomoGD share ({_share(paper)}, {n} seeds) is not above 1/3 "
                  "beyond seed noise.")  # fmt: skip
         second = "So the comparison of priors says nothing at this size."
     third = ("Without a prior, HeteroGD drops language as a teacher on both files." if collapse else
              "Without a prior, a collapse of HeteroGD onto vision and audio is not established at this size.")  # fmt: skip
-    fourth = {None: "Whether a free graph turns towards the modality that carries the signal is not established "
-                    "at this size.",
-              True: "A free graph turns towards audio when audio carries the signal.",
-              False: "A free graph does not turn towards audio when audio carries the signal."}[follows]  # fmt: skip
-    return first, second, third, fourth
+    return first, second, third, FOLLOWS[follows]
 
 
 def takeaway(paper_lead: bool, prior_lead_survives: bool | None, collapse: bool, agreement_tested: bool,
@@ -449,13 +448,7 @@ def takeaway(paper_lead: bool, prior_lead_survives: bool | None, collapse: bool,
                      "vision and audio: a free graph need not send knowledge from the strongest modality.")  # fmt: skip
     if not agreement_tested:
         parts.append("Where the free edges did not move, their ordering is not interpreted.")
-    if follows is None:
-        parts.append("Whether a free graph turns towards the modality that carries the signal is not established "
-                     "at this size.")  # fmt: skip
-    elif follows:
-        parts.append("A free graph turns towards audio when audio carries the signal.")
-    else:
-        parts.append("A free graph does not turn towards audio when audio carries the signal.")
+    parts.append(FOLLOWS[follows])
     parts.append("None of this says the distillation is useless: the weighted losses still pass information along "
                  "every edge, and a prior can encode sound knowledge. But the learned graph should not be read as "
                  "the model's own discovery of which modality teaches best without the comparison runs above. These "
