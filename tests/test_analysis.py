@@ -225,15 +225,6 @@ def test_shape_table_and_toy_decoupled(settings, ds):
     assert toy.private["V"].shape == (2, 3, 1) and toy.shared["A"].sum() == 0
 
 
-def test_similarity_verdict_depends_on_the_numbers():
-    good = pd.DataFrame({"untrained": [0.1, 0.1], "trained": [0.6, 0.1]}, index=["shared", "private"])
-    bad = pd.DataFrame({"untrained": [0.1, 0.1], "trained": [0.1, 0.5]}, index=["shared", "private"])
-    assert "clearly more alike than the private" in book.similarity_verdict(good)
-    little = pd.DataFrame({"untrained": [-0.1, -0.07], "trained": [0.0, -0.02]}, index=["shared", "private"])
-    assert "a little closer" in book.similarity_verdict(little)
-    assert "did not" in book.similarity_verdict(bad)
-
-
 # --------------------------------------------------------------------------- chapter 3
 
 

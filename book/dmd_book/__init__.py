@@ -17,7 +17,6 @@ Reusable analyses (edges, similarity, probes, attention maps) live in :mod:`dmd_
 from .prose import (
     honest_note,
     recipe_note,  # fmt: skip
-    similarity_verdict,
 )
 from .settings import BookSettings
 from .tables import (
@@ -33,6 +32,6 @@ from .tables import (
     toy_decoupled,
 )
 
-__all__ = ["BookSettings", "honest_note", "recipe_note", "similarity_verdict", "PAPER_METRIC_NAMES", "PAPER_RESULTS",
+__all__ = ["BookSettings", "honest_note", "recipe_note", "PAPER_METRIC_NAMES", "PAPER_RESULTS",
            "gd_unit_table", "layout_example", "published_table", "real_data_table", "recipe_table", "shape_table",
            "synth_parameters", "toy_decoupled"]  # fmt: skip

@@ -10,8 +10,6 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pandas as pd
-
 from dmd_core.config import DMDConfig, TrainConfig
 
 if TYPE_CHECKING:
@@ -20,24 +18,6 @@ if TYPE_CHECKING:
     pass
 
 log = logging.getLogger(__name__)
-
-
-def similarity_verdict(cross: pd.DataFrame, clear_gap: float = 0.1) -> str:
-    """One honest sentence on a ``cross_modal_similarity`` table with columns ``untrained`` and ``trained``."""
-    d_shared = cross.loc["shared", "trained"] - cross.loc["shared", "untrained"]
-    d_private = cross.loc["private", "trained"] - cross.loc["private", "untrained"]
-    gap = cross.loc["shared", "trained"] - cross.loc["private", "trained"]
-    if d_shared > d_private and gap > clear_gap:
-        return ("Training made the shared features of different modalities clearly more alike than the private "
-                "ones, which is what the decoupling is meant to do.")  # fmt: skip
-    if d_shared > d_private:
-        return ("Training moved the shared features of different modalities a little closer together than the "
-                "private ones, but on this measure (time-averaged features) they stay far from alike; the margin "
-                "loss acts on a learned projection of the shared features, not on these averages, and the "
-                "decoupling losses carry small weights (0.1 and 0.01) against the task loss.")  # fmt: skip
-    return ("Here training did not make the shared features of different modalities more alike than the private "
-            "ones: the decoupling losses carry small weights (0.1 and 0.01) against the task loss, and this "
-            "measure (time-averaged features) is not the projection the margin loss acts on.")  # fmt: skip
 
 
 def recipe_note(settings: BookSettings, config: DMDConfig, train_config: TrainConfig) -> str:
