@@ -262,7 +262,10 @@ def toc_pages(toc_file: Path = ROOT / "_toc.yml") -> list[str]:
 
 
 def notebook_problems(path: Path) -> list[str]:
-    """What is wrong with an executed notebook: unexecuted code cells, errors, tracebacks in streams."""
+    """What is wrong with an executed notebook: unexecuted code cells, errors, tracebacks in streams, and a figure
+    shown twice (glued for a ``{glue:figure}`` and also left as the cell's own output, which Jupyter shows when a
+    cell leaves a figure open: tag such a cell ``remove-output``; in Colab it then shows once, in the page once).
+    """
     import nbformat
 
     problems = []
@@ -274,7 +277,14 @@ def notebook_problems(path: Path) -> list[str]:
             continue
         if cell.get("execution_count") is None:
             problems.append(f"{path.name}: code cell {i} was not executed")
-        for out in cell.get("outputs", []):
+        outputs = cell.get("outputs", [])
+        glued = any(any(k.startswith(GLUE_MIME) and k.endswith("image/png") for k in out.get("data", {}))
+                    for out in outputs)  # fmt: skip
+        shown = any("image/png" in out.get("data", {}) for out in outputs)
+        if glued and shown and "remove-output" not in cell.get("metadata", {}).get("tags", []):
+            problems.append(f"{path.name}: cell {i} glues a figure and also shows it: the page would draw it twice "
+                            "(tag the cell remove-output)")  # fmt: skip
+        for out in outputs:
             if out.get("output_type") == "error":
                 problems.append(f"{path.name}: cell {i} raised {out.get('ename')}: {out.get('evalue')}")
             elif out.get("output_type") == "stream" and out.get("name") == "stderr":
@@ -282,6 +292,9 @@ def notebook_problems(path: Path) -> list[str]:
                 if "Traceback" in text or "Error" in text or "Warning" in text:
                     problems.append(f"{path.name}: cell {i} wrote an error or warning to stderr: {text[:300]!r}")
     return problems
+
+
+GLUE_MIME = "application/papermill.record/"  # the outputs myst_nb.glue(..., display=False) records
 
 
 # The frame of every chapter page (book/intro.md's conventions): it opens with its goals and run time and

@@ -212,6 +212,23 @@ def test_notebook_problems_flags_unexecuted_cells_errors_and_warnings(tmp_path):
     assert "warning" in problems[2]
 
 
+def test_notebook_problems_flags_a_glued_figure_that_the_cell_also_shows(tmp_path):
+    png = "iVBORw0KGgo="
+    glued = nbformat.v4.new_output("display_data", data={"application/papermill.record/image/png": png})
+    shown = nbformat.v4.new_output("display_data", data={"image/png": png, "text/plain": "<Figure>"})
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("glue twice", execution_count=1, outputs=[glued, shown]),
+        nbformat.v4.new_code_cell("glue, hidden", execution_count=2, outputs=[glued, shown],
+                                  metadata={"tags": ["remove-input", "remove-output"]}),
+        nbformat.v4.new_code_cell("glue only", execution_count=3, outputs=[glued]),
+        nbformat.v4.new_code_cell("plain figure", execution_count=4, outputs=[shown]),
+    ])  # fmt: skip
+    path = tmp_path / "x.ipynb"
+    nbformat.write(nb, path)
+    problems = build.notebook_problems(path)
+    assert len(problems) == 1 and "cell 0 glues a figure and also shows it" in problems[0], problems
+
+
 def test_the_executed_copies_and_screenshots_are_not_committed():
     ignored = (ROOT / ".gitignore").read_text() + (ROOT / "book" / ".gitignore").read_text()
     assert "executed/" in ignored and "screenshots/" in ignored
