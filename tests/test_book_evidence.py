@@ -281,3 +281,30 @@ def test_seed_edges_read_each_seeds_tested_graph():
     np.testing.assert_allclose(frame.to_numpy(), 1 / 6)
     shares = analysis.teacher_shares(frame)
     np.testing.assert_allclose(shares.to_numpy(), 1 / 3)
+
+
+def test_configure_shows_every_interval_cell_of_a_chapter_table_in_full():
+    cell = "\N{MINUS SIGN}0.081 [\N{MINUS SIGN}0.099, \N{MINUS SIGN}0.064], 5 paired seeds, p < 0.001"
+    table = pd.DataFrame({"change [95% interval], seeds": [cell + " and more text past sixty characters"]})
+    with pd.option_context("display.max_colwidth", 50):  # pandas' default, restored on leaving
+        assert "p &lt; 0.001" not in table._repr_html_()
+        book.BookSettings().configure()
+        assert "p &lt; 0.001 and more text past sixty characters" in table._repr_html_()
+
+
+def test_missing_modality_verdict_judges_every_metric_of_its_table_for_each_missing_modality():
+    rows = []
+    for seed, noise in zip((1, 2, 3, 4), (1.0, -1.0, 2.0, -2.0)):
+        rows += [
+            {"seed": seed, "present": "L+V+A", "Non0_acc_2": 80.0, "MAE": 0.70},
+            {"seed": seed, "present": "V+A", "Non0_acc_2": 70.0 + 0.1 * noise, "MAE": 1.00 + 0.001 * noise},
+            {"seed": seed, "present": "L+A", "Non0_acc_2": 80.0 + noise, "MAE": 0.75 + 0.001 * noise},
+            {"seed": seed, "present": "L+V", "Non0_acc_2": 80.0 + noise, "MAE": 0.70 + 0.01 * noise},
+        ]
+    text = evidence.missing_modality_verdict(pd.DataFrame(rows))
+    assert text.startswith("Paired over 4 seeds with all three modalities")
+    language, vision, audio = text.split("; zeroing ")
+    assert "Acc-2 by \N{MINUS SIGN}10.0" in language and "MAE by +0.300" in language and "beyond seed noise" in language
+    assert "not established" not in language
+    assert vision.startswith("vision changes MAE by +0.050") and "while its change in Acc-2 (+0.0" in vision
+    assert audio.startswith("audio changes neither Acc-2 (") and " nor MAE (" in audio

@@ -337,24 +337,27 @@ def missing_modality_summary(long: pd.DataFrame, metrics: Sequence[str] = ("Non0
     return pd.DataFrame(rows).T
 
 
-def missing_modality_verdict(long: pd.DataFrame) -> str:
-    """Which single missing modality costs accuracy beyond seed noise, each with its paired change (in points)."""
+def missing_modality_verdict(long: pd.DataFrame, metrics: Sequence[str] = ("Non0_acc_2", "MAE")) -> str:
+    """For each single missing modality, its paired change from all three modalities on every metric of the
+    table (:func:`missing_modality_summary`), each said to be beyond seed noise or not established."""
     full = long[long["present"] == "L+V+A"].set_index("seed")
     names = {"V+A": "language", "L+A": "vision", "L+V": "audio"}
-    hurt, unclear = [], []
+    clauses = []
     for present, missing in names.items():
         group = long[long["present"] == present].set_index("seed").loc[full.index]
-        d = difference(group["Non0_acc_2"], full["Non0_acc_2"], paired=True)
-        (hurt if d.settled else unclear).append(f"{missing} ({brief(d, 1)})")
-    parts = []
-    if hurt:
-        parts.append(f"Zeroing {_listed(hurt)} changes Acc-2 beyond seed noise (points, {len(full)} seeds paired "
-                     "with all three modalities)")  # fmt: skip
-    if unclear:
-        lead = "zeroing" if parts else "Zeroing"
-        verb = "changes" if len(unclear) == 1 else "change"
-        parts.append(f"{lead} {_listed(unclear)} {verb} it by an amount not established at this size")
-    return "; ".join(parts) + "."
+        changes = {METRICS[m]: difference(group[m], full[m], paired=True) for m in metrics}
+        settled = [f"{name} by {brief(d, digits(m))}" for (name, d), m in zip(changes.items(), metrics) if d.settled]
+        unclear = [f"{name} ({brief(d, digits(m))})" for (name, d), m in zip(changes.items(), metrics)
+                   if not d.settled]  # fmt: skip
+        if settled and unclear:
+            clauses.append(f"zeroing {missing} changes {_listed(settled)}, beyond seed noise, while its change in "
+                           f"{_listed(unclear)} is not established at this size")  # fmt: skip
+        elif settled:
+            clauses.append(f"zeroing {missing} changes {_listed(settled)}, beyond seed noise")
+        else:
+            clauses.append(f"zeroing {missing} changes neither {' nor '.join(unclear)} beyond seed noise")
+    text = "; ".join(clauses)
+    return f"Paired over {len(full)} seeds with all three modalities (accuracy in points): {text}."
 
 
 # --------------------------------------------------------------------------- chapter 6: ablations

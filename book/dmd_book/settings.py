@@ -89,11 +89,17 @@ class BookSettings:
         return replace(self, **changes)
 
     def configure(self) -> BookSettings:
-        """Apply the process-wide settings (PyTorch's CPU threads when ``threads`` is set); returns ``self``.
+        """Apply the process-wide settings (PyTorch's CPU threads when ``threads`` is set, pandas' display of
+        long table cells); returns ``self``.
 
         One thread avoids the large slow-down of CPU oversubscription when other processes
-        share the cores (CI uses it); ``None`` keeps PyTorch's default (all cores).
+        share the cores (CI uses it); ``None`` keeps PyTorch's default (all cores). Tables show
+        every cell in full: pandas cuts text at 50 characters by default, which would cut an
+        interval cell such as ``-0.081 [-0.099, -0.064], 5 paired seeds, p < 0.001`` before its p-value.
         """
+        import pandas as pd
+
+        pd.set_option("display.max_colwidth", None)
         if self.threads is not None:
             torch.set_num_threads(int(self.threads))
         return self
