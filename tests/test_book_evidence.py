@@ -263,12 +263,19 @@ def test_group_edges_contrasts_and_the_planted_incongruent_samples(tmp_path):
     contrast = edges.contrast(shares["a"], shares["b"], list("LVA"))
     assert contrast.loc["L", "settled"] and contrast.loc["L", "mean"] > 0
     assert "language +" in edges.incongruent_verdict({"HomoGD, paper prior": contrast}, "V", 5)
+    flat = edges.contrast(shares["a"], shares["a"], list("LVA"))  # no difference at all: nothing settled
+    both = edges.incongruent_verdict({"HomoGD, paper prior": flat, "HomoGD, no prior": flat}, "V", 5)
+    assert "in none of the 2 settings (HomoGD, paper prior and HomoGD, no prior) does a teacher share move" in both
+    assert both.count("beyond seed noise") == 1 and "not established" in both
     errors = edges.group_errors(seed_runs, groups)
     assert errors.loc[SEEDS[0], "a"] == pytest.approx(np.mean([2.0, 1.0, 0.0]))
     noisy = pd.DataFrame({"a": [1.0, 1.2, 0.9, 1.1, 1.0], "b": [1.1, 1.0, 1.0, 1.0, 1.1]}, index=SEEDS)
     assert edges.error_verdict(noisy, "a", "b").startswith("Whether these samples are harder")
     noisy["a"] += [0.5, 0.6, 0.4, 0.5, 0.55]
     assert edges.error_verdict(noisy, "a", "b").startswith("These samples are harder for the model")
+    assert "harder for DMD with the paper's prior:" in edges.error_verdict(
+        noisy, "a", "b", "DMD with the paper's prior"
+    )
 
 
 def test_seed_edges_read_each_seeds_tested_graph():

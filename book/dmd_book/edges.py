@@ -216,8 +216,7 @@ def agreement_verdict(tables: Mapping[str, pd.DataFrame], moved_units: Mapping[s
         else:
             clauses.append(f"in {title} a relation is not established (Spearman's rho {rho:+.2f}, permutation "
                            f"p = {p:.2f}, 6 edges)")  # fmt: skip
-    text = f"Over {seeds} seeds without a prior: " + "; ".join(clauses) + "."
-    return text.replace(": in ", ": In ", 1), tested
+    return f"Over {seeds} seeds without a prior: " + "; ".join(clauses) + ".", tested
 
 
 # --------------------------------------------------------------------------- edges per group of samples
@@ -292,6 +291,9 @@ def incongruent_verdict(contrasts: Mapping[str, pd.DataFrame], carrier: str, see
             clauses.append(f"{label}: {_listed(found)}")
         else:
             clauses.append(f"{label}: no teacher share moves beyond seed noise")
+    if not any_settled:  # one sentence for all settings instead of the same clause repeated
+        clauses = [f"in none of the {len(contrasts)} settings ({_listed(list(contrasts))}) does a teacher share move "
+                   "beyond seed noise"]  # fmt: skip
     text = (f"On the incongruent test samples, where the words express an unrelated sentiment and "
             f"{MODALITY_NAMES[carrier]} carries the true one, against the other samples (incongruent minus others, "
             f"{seeds} paired seeds): " + "; ".join(clauses) + ".")  # fmt: skip
@@ -329,7 +331,6 @@ def follow_verdict(audio_share: Mapping[str, pd.Series], moved_units: Mapping[st
             clauses.append(f"in {unit} a change of audio's teacher share is not established ({_share(lang)} on the "
                            f"language file, {_share(audio)} on the audio file; difference {d.text(3)})")  # fmt: skip
     text = "Without a prior: " + "; ".join(clauses) + "."
-    text = text.replace(": in ", ": In ", 1)
     lead = moved([UNIFORM_SHARE] * len(language_share_paper), language_share_paper)
     if lead.settled and lead.effect > 0:
         text += (f" With the paper's prior, language keeps a HomoGD teacher share of {_share(language_share_paper)} "
@@ -346,14 +347,15 @@ def paper_lead(paper: pd.Series) -> bool:
     return bool(d.settled and d.effect > 0)
 
 
-def error_verdict(errors: pd.DataFrame, group: str = "incongruent", others: str = "others") -> str:
-    """Whether the model's mean absolute error on ``group`` differs from the ``others`` (paired over seeds)."""
+def error_verdict(errors: pd.DataFrame, group: str = "incongruent", others: str = "others",
+                  model: str = "the model") -> str:  # fmt: skip
+    """Whether ``model``'s mean absolute error on ``group`` differs from the ``others`` (paired over seeds)."""
     d = difference(errors[group], errors[others], paired=True)
     numbers = (f"mean absolute error {interval(estimate(errors[group]), 3)} on the {group} samples and "
                f"{interval(estimate(errors[others]), 3)} on the {others} (difference {d.text(3)})")  # fmt: skip
     if not d.settled:
-        return f"Whether these samples are harder for the model is not established at this size: {numbers}."
-    return f"These samples are {'harder' if d.effect > 0 else 'easier'} for the model: {numbers}."
+        return f"Whether these samples are harder for {model} is not established at this size: {numbers}."
+    return f"These samples are {'harder' if d.effect > 0 else 'easier'} for {model}: {numbers}."
 
 
 def lead_survives(paper: pd.Series, uniform: pd.Series) -> bool | None:

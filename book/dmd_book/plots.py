@@ -256,7 +256,7 @@ def similarity_heatmaps(matrices: Mapping[str, pd.DataFrame], vmin: float = -1.0
 
 
 def edges_heatmap(edges: np.ndarray, ax: Axes | None = None, title: str = "", prior: Sequence[float] | None = None,
-                  max_samples: int = 32) -> Figure:  # fmt: skip
+                  max_samples: int = 32, xlabel: str = "sample in the batch") -> Figure:  # fmt: skip
     """Normalised edges ``(6, B)`` of one batch as a heatmap, one column per sample.
 
     ``prior`` (six values) adds a column ``prior`` on the right for comparison.
@@ -274,7 +274,7 @@ def edges_heatmap(edges: np.ndarray, ax: Axes | None = None, title: str = "", pr
         ticks.append(data.shape[1] - 1)
         labels.append("prior")
     ax.set_xticks(ticks, labels)
-    ax.set_xlabel("sample in the batch")
+    ax.set_xlabel(xlabel)
     ax.set_title(title)
     ax.grid(False)
     fig.colorbar(im, ax=ax, label="edge weight")
