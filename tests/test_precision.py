@@ -90,11 +90,7 @@ def test_an_fp16_epoch_trains_through_the_gradient_scaler_and_clips_the_unscaled
     tc = TrainConfig(batch_size=4, accumulation=3, grad_clip=1e-3, lr=1e-2, precision="fp16")
     trainer = Trainer(cfg, tiny_dataset(cfg, sizes=(24, 8, 8)), tc, tmp_path, seed=1, device="cpu", progress=False,
                       distributed=False)  # fmt: skip
-    assert (
-        trainer.scaler.is_enabled()
-        and trainer.precision == "fp16"
-        and trainer.scaler.get_scale() == 2.0**16
-    )
+    assert trainer.scaler.is_enabled() and trainer.precision == "fp16" and trainer.scaler.get_scale() == 2.0**16
     # With 2**16 the first steps of this tiny model overflow in fp16 and are skipped, as they should be;
     # a smaller scale takes every step here.
     trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
