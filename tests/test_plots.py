@@ -167,12 +167,10 @@ def _figure_builders() -> dict:
                                           for state in ("untrained", "trained")} for seed in (1, 2, 3)})  # fmt: skip
     terms = chapters13.edge_terms(torch.randn(3, 1, 1), torch.softmax(torch.randn(6, 1), 0), torch.rand(6))
     return {
-        "chapters13.probe_figure": lambda: chapters13.probe_figure(probes, {"Non0_acc_2": 0.52, "MAE": 1.15}),
-        "chapters13.factor_figure": lambda: chapters13.factor_figure(factors),
-        "chapters13.gd_unit_figure": lambda: chapters13.gd_unit_figure(terms, {"L": 0.52, "V": -0.31, "A": 1.2}),
-        "chapters13.attention_figure": lambda: chapters13.attention_figure(
-            {"A": rng.random((46, 46)), "V": rng.random((46, 46))}
-        ),
+        "probe_figure": lambda: plots.probe_figure(probes, {"Non0_acc_2": 0.52, "MAE": 1.15}),
+        "factor_figure": lambda: plots.factor_figure(factors),
+        "gd_unit_figure": lambda: plots.gd_unit_figure(terms, {"L": 0.52, "V": -0.31, "A": 1.2}),
+        "attention_figure": lambda: plots.attention_figure({"A": rng.random((46, 46)), "V": rng.random((46, 46))}),
         "architecture": lambda: plots.architecture(),
         "label_histogram": lambda: plots.label_histogram(
             {"train": rng.uniform(-3, 3, 80), "valid": rng.uniform(-3, 3, 20), "test": rng.uniform(-3, 3, 40)}

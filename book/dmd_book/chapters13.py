@@ -3,14 +3,14 @@
 * Chapter 1: :func:`~dmd_core.analysis.probe_predictions` (the test predictions of :func:`dmd_core.analysis.unimodal_probes`'s
   ridge probes), :func:`bootstrap_difference` (a metric difference between two predictors on the same test
   samples, with its paired bootstrap interval), :func:`write_baseline` / :func:`read_baseline` (the
-  all-modality probe as the bar DMD must clear, ``<work_dir>/baseline.json``, which chapters 4 and 6 read)
-  and :func:`probe_figure`.
+  all-modality probe as the bar DMD must clear, ``<work_dir>/baseline.json``, which chapters 4 and 6 read).
 * Chapter 2: :func:`seed_models` (every seed's network before and after training),
   :func:`decoupling_losses`, :func:`similarities`, :func:`planted_factors` and :func:`factor_probes` (the
   synthetic file's planted factors read back from the shared and private features), the sentences
-  :func:`loss_sentences`, :func:`factor_sentences` and :func:`factor_figure`.
-* Chapter 3: :func:`edge_terms` (one sample's six distillation terms), :func:`gd_unit_figure` and
-  :func:`attention_figure`.
+  :func:`loss_sentences` and :func:`factor_sentences`.
+* Chapter 3: :func:`edge_terms` (one sample's six distillation terms).
+
+Their figures are in :mod:`dmd_book.plots` with the others.
 
 Every sentence is built from per-seed numbers with :mod:`dmd_book.stats` (effect, 95% interval, seeds), and says
 "not established" where the interval contains zero. The method is on the book's method page (book/method.md).
@@ -25,13 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
-from matplotlib.patches import Circle, FancyArrowPatch
 
 from dmd_core.analysis import (
     MODALITY_NAMES,
@@ -43,7 +40,6 @@ from dmd_core.distill import EDGE_NAMES, STUDENTS, TEACHERS
 from dmd_core.metrics import regression_metrics
 
 from . import stats
-from .plots import NEUTRAL, PALETTE, attention_map, edge_parts, modality_bars
 
 if TYPE_CHECKING:
     from dmd_core.data import MMSADataset, Split
@@ -166,22 +162,6 @@ def read_baseline(work_dir: str | Path) -> dict[str, Any]:
     if missing:
         raise ValueError(f"{path}: expected the fields {list(BASELINE_METRICS) + ['n_test']}, missing {missing}")
     return record
-
-
-def probe_figure(probes: pd.DataFrame, floor: Mapping[str, float]) -> Figure:
-    """Two panels of horizontal bars, one bar per probe (L, V, A, all): Non0 Acc-2 in % and MAE, each with the
-    constant prediction of the training mean as a dashed line."""
-    fig, axes = plt.subplots(1, 2, figsize=(6.0, 2.9))
-    table = probes.assign(acc=probes["Non0_acc_2"] * 100)
-    modality_bars(table, "acc", ax=axes[0], reference=floor["Non0_acc_2"] * 100, digits=1)
-    modality_bars(table, "MAE", ax=axes[1], reference=floor["MAE"])
-    axes[0].set_xlabel("Non0 Acc-2 (%)")
-    axes[1].set_yticks(axes[1].get_yticks(), [])
-    handles, labels = axes[0].get_legend_handles_labels()
-    for ax in axes:
-        ax.get_legend().remove()
-    fig.legend(handles, ["predicting the training mean"], loc="outside lower center")
-    return fig
 
 
 # --------------------------------------------------------------------------- chapter 2: decoupling over seeds
@@ -511,31 +491,6 @@ def decoupling_takeaway(similarity: pd.DataFrame, factors: pd.DataFrame) -> dict
     return {"paragraph": paragraph, "similarity": similarity_bullet, "factors": factors_bullet}
 
 
-def factor_figure(frame: pd.DataFrame) -> Figure:
-    """Small multiples: for each modality (columns) the share of the shared and private features' variance that
-    the sentiment factor (top) and the modality's private factors (bottom) explain, untrained (light) and
-    trained (solid), mean over seeds with the 95% interval."""
-    fig, axes = plt.subplots(2, 3, figsize=(6.0, 4.6), sharey="row")
-    for row, (name, title) in enumerate((("share sentiment", "sentiment factor"), ("share private", "own private factors"))):  # fmt: skip
-        for col, m in enumerate(MODALITIES):
-            ax = axes[row, col]
-            for i, kind in enumerate(("c", "s")):
-                color = NEUTRAL if kind == "c" else PALETTE[m]
-                for j, (state, alpha) in enumerate((("untrained", 0.35), ("trained", 1.0))):
-                    est = stats.estimate(frame[(state, f"{kind}_{m} {name}")].to_numpy())
-                    err = None if est.n < 2 else [[est.mean - est.lo], [est.hi - est.mean]]
-                    ax.bar(i * 2.6 + j, est.mean, color=color, alpha=alpha, yerr=err, capsize=3, width=0.9)
-            ax.set_xticks([0.5, 3.1], [f"$c_{m}$", f"$s_{m}$"])
-            if row == 0:
-                ax.set_title(MODALITY_NAMES[m])
-            ax.grid(axis="x", visible=False)
-        axes[row, 0].set_ylabel(f"share explained by\nthe {title}")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=NEUTRAL, alpha=a) for a in (0.35, 1.0)]
-    fig.legend(handles, ["untrained (same initial weights)", "trained (best validation epoch)"],
-               loc="outside lower center", ncol=2)  # fmt: skip
-    return fig
-
-
 # --------------------------------------------------------------------------- chapter 3: one sample's GD-Unit
 
 
@@ -550,48 +505,3 @@ def edge_terms(logits: torch.Tensor, edges: torch.Tensor, prior: torch.Tensor, s
         rows[name] = {"teacher": MODALITIES[teacher], "student": MODALITIES[student], "w": w, "prior": p,
                       "w + prior": w + p, "|logit gap|": gap, "term": (w + p) * gap}  # fmt: skip
     return pd.DataFrame.from_dict(rows, orient="index")
-
-
-def gd_unit_figure(terms: pd.DataFrame, logits: Mapping[str, float], title: str = "") -> Figure:
-    """A GD-Unit on one sample: the three modalities as nodes (with their logits), the six directed edges
-    teacher -> student in the teacher's colour, each labelled with its learned weight ``w`` and the weight
-    ``w + prior`` that multiplies its distillation term (the arrow's width)."""
-    fig, ax = plt.subplots(figsize=(6.0, 5.0))
-    pos = {"L": (0.0, 1.9), "V": (-2.2, -1.0), "A": (2.2, -1.0)}
-    top = float(terms["w + prior"].max())
-    for m, (x, y) in pos.items():
-        ax.add_patch(Circle((x, y), 0.36, facecolor=PALETTE[m], edgecolor="white", zorder=3))
-        ax.text(x, y, m, ha="center", va="center", color="white", fontsize=14, weight="bold", zorder=4)
-        dy = 0.55 if m == "L" else -0.55
-        ax.text(x, y + dy, f"{MODALITY_NAMES[m]}: logit {logits[m]:+.2f}", ha="center", va="center", fontsize=9.5,
-                color=PALETTE[m])  # fmt: skip
-    rad = 0.25
-    for name, row in terms.iterrows():
-        teacher, student = edge_parts(str(name))
-        (x1, y1), (x2, y2) = pos[teacher], pos[student]
-        width = 0.6 + 5.0 * row["w + prior"] / top
-        ax.add_patch(FancyArrowPatch((x1, y1), (x2, y2), connectionstyle=f"arc3,rad={rad}", arrowstyle="-|>",
-                                     mutation_scale=12 + width, linewidth=width, color=PALETTE[teacher], shrinkA=26,
-                                     shrinkB=26, alpha=0.8, zorder=2))  # fmt: skip
-        # The middle of matplotlib's arc3 curve (a quadratic Bezier through the control point).
-        dx, dy = x2 - x1, y2 - y1
-        lx, ly = (x1 + x2) / 2 + 0.5 * rad * dy, (y1 + y2) / 2 - 0.5 * rad * dx
-        ax.text(lx, ly, f"{str(name).replace('->', '→')}\nw {row['w']:.3f}\nw+π {row['w + prior']:.3f}",
-                ha="center", va="center", fontsize=9, color=PALETTE[teacher], zorder=5, linespacing=1.1,
-                bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.9))  # fmt: skip
-    ax.set_xlim(-3.1, 3.1)
-    ax.set_ylim(-1.85, 2.65)
-    ax.set_aspect("equal")
-    ax.axis("off")
-    ax.grid(False)
-    ax.set_title(title)
-    return fig
-
-
-def attention_figure(maps: Mapping[str, np.ndarray], target: str = "L") -> Figure:
-    """Cross-modal attention of one sample, one panel per source modality (stacked, to fit the page):
-    ``maps`` source -> ``(T_target, T_source)`` weights (:func:`dmd_book.plots.attention_map`)."""
-    fig, axes = plt.subplots(len(maps), 1, figsize=(5.2, 3.1 * len(maps)), squeeze=False)
-    for ax, (source, weights) in zip(axes[:, 0], maps.items()):
-        attention_map(np.asarray(weights), target, source, ax=ax)
-    return fig

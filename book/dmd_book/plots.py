@@ -12,6 +12,9 @@ or from a run folder. Part of the book's own package (``book/``), not of ``dmd_c
   epochs); :func:`edge_graph`: the mean graph as a directed graph whose edge
   widths are the weights.
 * Smaller helpers for label histograms, bar charts, heatmaps and loss curves.
+* Chapters 1-3: :func:`probe_figure` (the ridge probes), :func:`factor_figure` (the planted factors in the
+  shared and private features), :func:`gd_unit_figure` (one sample's GD-Unit, drawn with the same nodes and
+  arrows as :func:`edge_graph`) and :func:`attention_figure`.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch
 from dmd_core.analysis import MODALITY_NAMES
 from dmd_core.config import MODALITIES
 from dmd_core.distill import EDGE_NAMES
+
+from .stats import estimate
 
 # One colour per modality (Okabe-Ito): language blue, vision green, audio vermillion.
 PALETTE: dict[str, str] = {"L": "#0072B2", "V": "#009E73", "A": "#D55E00"}
@@ -321,6 +326,40 @@ def edge_curves(runs: Mapping[object, pd.DataFrame], prior: Mapping[str, float] 
     return fig
 
 
+def _nodes(ax: Axes, pos: Mapping[str, tuple[float, float]], radius: float, fontsize: float) -> None:
+    """The three modalities as filled circles in their colours, each with its letter."""
+    for m, (x, y) in pos.items():
+        ax.add_patch(Circle((x, y), radius, facecolor=PALETTE[m], edgecolor="white", zorder=3))
+        ax.text(x, y, m, ha="center", va="center", color="white", fontsize=fontsize, weight="bold", zorder=4)
+
+
+def _arc(
+    ax: Axes,
+    start: tuple[float, float],
+    end: tuple[float, float],
+    color: str,
+    width: float,
+    head: float,
+    shrink: float,
+    label: str,
+    fontsize: float,
+    rad: float,
+    label_out: float = 1.0,
+    alpha: float = 0.85,
+) -> None:
+    """A curved arrow ``start -> end`` (matplotlib's ``arc3``) with ``label`` in a white box at its middle, pushed
+    ``label_out`` times the curve's own bulge away from the chord."""
+    ax.add_patch(FancyArrowPatch(start, end, connectionstyle=f"arc3,rad={rad}", arrowstyle="-|>", mutation_scale=head,
+                                 linewidth=width, color=color, shrinkA=shrink, shrinkB=shrink, alpha=alpha,
+                                 zorder=2))  # fmt: skip
+    # The middle of the quadratic Bezier curve through arc3's control point lies half the bulge from the chord.
+    (x1, y1), (x2, y2) = start, end
+    dx, dy = x2 - x1, y2 - y1
+    lx, ly = (x1 + x2) / 2 + 0.5 * rad * dy * label_out, (y1 + y2) / 2 - 0.5 * rad * dx * label_out
+    ax.text(lx, ly, label, ha="center", va="center", fontsize=fontsize, color=color, zorder=5, linespacing=1.1,
+            bbox=dict(boxstyle="round,pad=0.12", facecolor="white", edgecolor="none", alpha=0.9))  # fmt: skip
+
+
 def edge_graph(weights: Mapping[str, float] | Sequence[float], ax: Axes | None = None, title: str = "",
                max_width: float = 9.0, scale: float | None = None) -> Figure:  # fmt: skip
     """The mean graph as a directed graph: nodes L, V, A; arrow ``i -> j`` of width proportional to its weight.
@@ -334,22 +373,13 @@ def edge_graph(weights: Mapping[str, float] | Sequence[float], ax: Axes | None =
     fig, ax = _axes(ax, (3.6, 3.4))
     pos = {"L": (0.0, 1.0), "V": (-0.95, -0.6), "A": (0.95, -0.6)}
     scale = scale or max(weights.values())
-    for m, (x, y) in pos.items():
-        ax.add_patch(Circle((x, y), 0.25, facecolor=PALETTE[m], edgecolor="white", zorder=3))
-        ax.text(x, y, m, ha="center", va="center", color="white", fontsize=13, weight="bold", zorder=4)
-    rad = 0.22
+    _nodes(ax, pos, 0.25, 13)
     for edge in EDGE_NAMES:
         teacher, student = edge_parts(edge)
-        (x1, y1), (x2, y2) = pos[teacher], pos[student]
         w = weights[edge]
-        ax.add_patch(FancyArrowPatch((x1, y1), (x2, y2), connectionstyle=f"arc3,rad={rad}", arrowstyle="-|>",
-                                     mutation_scale=10 + 2 * max_width * w / scale, linewidth=max(0.4, max_width * w / scale),
-                                     color=PALETTE[teacher], shrinkA=20, shrinkB=20, alpha=0.85, zorder=2))  # fmt: skip
-        # Label at the middle of the quadratic Bezier curve (matplotlib's arc3 control point).
-        dx, dy = x2 - x1, y2 - y1
-        lx, ly = (x1 + x2) / 2 + 0.5 * rad * dy * 1.5, (y1 + y2) / 2 - 0.5 * rad * dx * 1.5
-        ax.text(lx, ly, f"{w:.2f}", ha="center", va="center", fontsize=9.5, color=PALETTE[teacher],
-                bbox=dict(boxstyle="round,pad=0.1", facecolor="white", edgecolor="none", alpha=0.8), zorder=5)  # fmt: skip
+        _arc(ax, pos[teacher], pos[student], PALETTE[teacher], width=max(0.4, max_width * w / scale),
+             head=10 + 2 * max_width * w / scale, shrink=20, label=f"{w:.2f}", fontsize=9.5, rad=0.22,
+             label_out=1.5)  # fmt: skip
     ax.set_xlim(-1.45, 1.45)
     ax.set_ylim(-1.1, 1.45)
     ax.set_aspect("equal")
@@ -535,4 +565,83 @@ def interval_panels(panels: Mapping[str, pd.DataFrame], reference: float | None 
         row[0].set_ylabel(label, fontsize=plt.rcParams["axes.titlesize"], fontweight="bold")
     if xlabel:
         fig.supxlabel(xlabel)
+    return fig
+
+
+# --------------------------------------------------------------------------- chapters 1-3
+
+
+def probe_figure(probes: pd.DataFrame, floor: Mapping[str, float]) -> Figure:
+    """Two panels of horizontal bars, one bar per probe (L, V, A, all): Non0 Acc-2 in % and MAE, each with the
+    constant prediction of the training mean as a dashed line."""
+    fig, axes = plt.subplots(1, 2, figsize=(6.0, 2.9))
+    table = probes.assign(acc=probes["Non0_acc_2"] * 100)
+    modality_bars(table, "acc", ax=axes[0], reference=floor["Non0_acc_2"] * 100, digits=1)
+    modality_bars(table, "MAE", ax=axes[1], reference=floor["MAE"])
+    axes[0].set_xlabel("Non0 Acc-2 (%)")
+    axes[1].set_yticks(axes[1].get_yticks(), [])
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes:
+        ax.get_legend().remove()
+    fig.legend(handles, ["predicting the training mean"], loc="outside lower center")
+    return fig
+
+
+def factor_figure(frame: pd.DataFrame) -> Figure:
+    """Small multiples: for each modality (columns) the share of the shared and private features' variance that
+    the sentiment factor (top) and the modality's private factors (bottom) explain, untrained (light) and
+    trained (solid), mean over seeds with the 95% interval."""
+    fig, axes = plt.subplots(2, 3, figsize=(6.0, 4.6), sharey="row")
+    for row, (name, title) in enumerate((("share sentiment", "sentiment factor"), ("share private", "own private factors"))):  # fmt: skip
+        for col, m in enumerate(MODALITIES):
+            ax = axes[row, col]
+            for i, kind in enumerate(("c", "s")):
+                color = NEUTRAL if kind == "c" else PALETTE[m]
+                for j, (state, alpha) in enumerate((("untrained", 0.35), ("trained", 1.0))):
+                    est = estimate(frame[(state, f"{kind}_{m} {name}")].to_numpy())
+                    err = None if est.n < 2 else [[est.mean - est.lo], [est.hi - est.mean]]
+                    ax.bar(i * 2.6 + j, est.mean, color=color, alpha=alpha, yerr=err, capsize=3, width=0.9)
+            ax.set_xticks([0.5, 3.1], [f"$c_{m}$", f"$s_{m}$"])
+            if row == 0:
+                ax.set_title(MODALITY_NAMES[m])
+            ax.grid(axis="x", visible=False)
+        axes[row, 0].set_ylabel(f"share explained by\nthe {title}")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=NEUTRAL, alpha=a) for a in (0.35, 1.0)]
+    fig.legend(handles, ["untrained (same initial weights)", "trained (best validation epoch)"],
+               loc="outside lower center", ncol=2)  # fmt: skip
+    return fig
+
+
+def gd_unit_figure(terms: pd.DataFrame, logits: Mapping[str, float], title: str = "") -> Figure:
+    """A GD-Unit on one sample: the three modalities as nodes (with their logits), the six directed edges
+    teacher -> student in the teacher's colour, each labelled with its learned weight ``w`` and the weight
+    ``w + prior`` that multiplies its distillation term (the arrow's width)."""
+    fig, ax = plt.subplots(figsize=(6.0, 5.0))
+    pos = {"L": (0.0, 1.9), "V": (-2.2, -1.0), "A": (2.2, -1.0)}
+    top = float(terms["w + prior"].max())
+    _nodes(ax, pos, 0.36, 14)
+    for m, (x, y) in pos.items():
+        ax.text(x, y + (0.55 if m == "L" else -0.55), f"{MODALITY_NAMES[m]}: logit {logits[m]:+.2f}", ha="center",
+                va="center", fontsize=9.5, color=PALETTE[m])  # fmt: skip
+    for name, row in terms.iterrows():
+        teacher, student = edge_parts(str(name))
+        width = 0.6 + 5.0 * row["w + prior"] / top
+        label = f"{str(name).replace('->', '→')}\nw {row['w']:.3f}\nw+π {row['w + prior']:.3f}"
+        _arc(ax, pos[teacher], pos[student], PALETTE[teacher], width=width, head=12 + width, shrink=26, label=label,
+             fontsize=9, rad=0.25, alpha=0.8)  # fmt: skip
+    ax.set_xlim(-3.1, 3.1)
+    ax.set_ylim(-1.85, 2.65)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.grid(False)
+    ax.set_title(title)
+    return fig
+
+
+def attention_figure(maps: Mapping[str, np.ndarray], target: str = "L") -> Figure:
+    """Cross-modal attention of one sample, one panel per source modality (stacked, to fit the page):
+    ``maps`` source -> ``(T_target, T_source)`` weights (:func:`dmd_book.plots.attention_map`)."""
+    fig, axes = plt.subplots(len(maps), 1, figsize=(5.2, 3.1 * len(maps)), squeeze=False)
+    for ax, (source, weights) in zip(axes[:, 0], maps.items()):
+        attention_map(np.asarray(weights), target, source, ax=ax)
     return fig
