@@ -181,6 +181,9 @@ def test_the_correlation_is_tested_only_where_the_edges_moved():
     assert list(tested) == ["HomoGD"] and tested["HomoGD"][0] == pytest.approx(-1.0) and tested["HomoGD"][1] < 0.05
     assert "agree more" in text and "6 edges" in text
     assert "in HeteroGD the edges did not leave 1/6 beyond seed noise" in text and "not established" in text
+    text, tested = edges.agreement_verdict({"HomoGD": table, "HeteroGD": table}, {"HomoGD": False, "HeteroGD": False},
+                                           seeds=5)  # fmt: skip
+    assert not tested and text.count("beyond seed noise") == 1 and "in neither unit did the edges leave 1/6" in text
 
 
 def test_prior_verdict_reads_a_uniform_share_within_noise_as_none_of_the_lead_established():
@@ -205,7 +208,8 @@ def test_collapse_and_follow_verdicts_report_null_results_as_null_results():
     audio = {f"{u}, {f} file": share for u in ("HomoGD", "HeteroGD") for f in ("language", "audio")}
     still = {f: {"HomoGD": False, "HeteroGD": False} for f in ("language file", "audio file")}
     text = edges.follow_verdict(audio, still, pd.Series([0.8, 0.78, 0.82, 0.79, 0.8]))
-    assert text.count("a null result") == 2 and "the prior, not the data, decides" in text
+    assert text.count("a null result") == 1 and "in neither unit do the free edges leave 1/6" in text
+    assert text.count("0.332 [") == 4 and "the prior, not the data, decides" in text  # both units' shares, said once
     assert edges.follows(audio, still) is None
     audio["HeteroGD, audio file"] = pd.Series([0.45, 0.47, 0.44, 0.46, 0.45])
     moved = {f: {"HomoGD": False, "HeteroGD": True} for f in ("language file", "audio file")}

@@ -216,6 +216,9 @@ def agreement_verdict(tables: Mapping[str, pd.DataFrame], moved_units: Mapping[s
         else:
             clauses.append(f"in {title} a relation is not established (Spearman's rho {rho:+.2f}, permutation "
                            f"p = {p:.2f}, 6 edges)")  # fmt: skip
+    if not tested and len(tables) > 1:  # no unit moved: say it once
+        clauses = ["in neither unit did the edges leave 1/6 beyond seed noise, so their ordering, and any correlation "
+                   "with it, is not established at this size"]  # fmt: skip
     return f"Over {seeds} seeds without a prior: " + "; ".join(clauses) + ".", tested
 
 
@@ -314,10 +317,11 @@ def follow_verdict(audio_share: Mapping[str, pd.Series], moved_units: Mapping[st
     ``moved_units``: file -> unit -> whether the edges moved; ``language_share_paper``: language's HomoGD share
     per seed with the paper's prior on the audio file.
     """
-    clauses = []
+    clauses, null = [], []
     for unit in BRANCH_TITLES.values():
         lang, audio = audio_share[f"{unit}, language file"], audio_share[f"{unit}, audio file"]
         if not moved_units["language file"][unit] and not moved_units["audio file"][unit]:
+            null.append(unit)
             clauses.append(f"in {unit} the free edges do not leave 1/6 beyond seed noise on either file (audio's "
                            f"share {_share(lang)} and {_share(audio)}): a null result, so this unit cannot say "
                            "whether the graph follows the data at this size")  # fmt: skip
@@ -330,6 +334,12 @@ def follow_verdict(audio_share: Mapping[str, pd.Series], moved_units: Mapping[st
         else:
             clauses.append(f"in {unit} a change of audio's teacher share is not established ({_share(lang)} on the "
                            f"language file, {_share(audio)} on the audio file; difference {d.text(3)})")  # fmt: skip
+    if len(null) == len(clauses) > 1:  # every unit null: say it once
+        shares = "; ".join(f"{unit} {_share(audio_share[f'{unit}, language file'])} and "
+                           f"{_share(audio_share[f'{unit}, audio file'])}" for unit in null)  # fmt: skip
+        clauses = [f"in neither unit do the free edges leave 1/6 beyond seed noise on either file (audio's share on "
+                   f"the language and the audio file: {shares}): a null result, so neither unit can say whether the "
+                   "graph follows the data at this size"]  # fmt: skip
     text = "Without a prior: " + "; ".join(clauses) + "."
     lead = moved([UNIFORM_SHARE] * len(language_share_paper), language_share_paper)
     if lead.settled and lead.effect > 0:
