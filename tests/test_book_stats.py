@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -40,6 +41,21 @@ def test_paired_difference_uses_per_seed_differences():
     assert d.p == pytest.approx(sps.ttest_rel(a, b).pvalue)
     assert d.settled and "paired" in d.text()
     assert not stats.difference(a, b).settled  # unpaired, the seed spread hides it
+
+
+def test_a_difference_constant_up_to_rounding_is_exact_and_raises_no_warning():
+    # Two seeds whose metric changed by the same number of test samples: the per-seed differences differ only in
+    # the last bits, which scipy's t test flags as catastrophic cancellation (a warning a chapter must not print).
+    a, b = [0.4123, 0.3988], [0.4065, 0.3930]
+    assert np.std(np.subtract(a, b)) > 0  # not exactly constant in floating point
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d = stats.difference(a, b, paired=True)
+        same = stats.difference([0.5, 0.5 + 1e-15], [0.5, 0.5], paired=True)
+        flat = stats.difference([0.3, 0.3, 0.3], [0.3 + 1e-15, 0.3, 0.3 - 1e-15])
+    assert d.effect == pytest.approx(0.0058) and d.lo == d.hi == d.effect and d.p == 0.0 and d.settled
+    assert same.effect == 0.0 and same.p == 1.0 and not same.settled
+    assert flat.effect == 0.0 and flat.p == 1.0 and not flat.settled
 
 
 def test_paired_needs_the_same_seeds():

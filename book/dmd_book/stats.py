@@ -109,17 +109,23 @@ def difference(a: Sequence[float], b: Sequence[float], paired: bool = False) -> 
         if x.shape != y.shape:
             raise ValueError(f"difference(paired=True): both sides need the same seeds, found {len(x)} and {len(y)}")
         d = estimate(x - y)
-        if d.n < 2 or d.std == 0:
-            return Difference(d.mean, d.lo if d.n > 1 else math.nan, d.hi if d.n > 1 else math.nan,
-                              1.0 if d.mean == 0 else 0.0 if d.n > 1 else math.nan, d.n, True)  # fmt: skip
-        p = float(sps.ttest_rel(x, y).pvalue)
+        # Per-seed differences equal up to floating-point rounding (a metric that changed by the same number of
+        # test samples in every seed) are a constant difference: the t statistic of rounding noise means nothing.
+        rounding = 1e-9 * max(1.0, float(np.abs(x).max(initial=0.0)), float(np.abs(y).max(initial=0.0)))
+        if d.n < 2 or d.std <= rounding:
+            mean = 0.0 if abs(d.mean) <= rounding else d.mean
+            return Difference(mean, mean if d.n > 1 else math.nan, mean if d.n > 1 else math.nan,
+                              1.0 if mean == 0 else 0.0 if d.n > 1 else math.nan, d.n, True)  # fmt: skip
+        p = float(2 * sps.t.sf(abs(d.mean) / (d.std / math.sqrt(d.n)), d.n - 1))  # the paired t test
         return Difference(d.mean, d.lo, d.hi, p, d.n, True)
     if len(x) < 2 or len(y) < 2:
         return Difference(float(x.mean() - y.mean()), math.nan, math.nan, math.nan, min(len(x), len(y)), False)
     va, vb = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
     se = math.sqrt(va + vb)
     effect = float(x.mean() - y.mean())
-    if se == 0:
+    rounding = 1e-9 * max(1.0, float(np.abs(x).max()), float(np.abs(y).max()))
+    if se <= rounding:  # both sides constant up to rounding
+        effect = 0.0 if abs(effect) <= rounding else effect
         return Difference(effect, effect, effect, 1.0 if effect == 0 else 0.0, min(len(x), len(y)), False)
     dof = (va + vb) ** 2 / (va**2 / (len(x) - 1) + vb**2 / (len(y) - 1))
     half = float(sps.t.ppf(0.5 + LEVEL / 2, dof)) * se
