@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -41,6 +42,10 @@ def test_versus_a_fixed_baseline_is_the_one_sample_t_interval_shifted():
     assert (d.lo, d.hi) == pytest.approx((x.mean() - half - 80.6, x.mean() + half - 80.6))
     assert d.p == pytest.approx(sps.ttest_1samp(x, 80.6).pvalue)
     assert "5 seeds" in d.text(1) and "paired" not in d.text(1)
+    with warnings.catch_warnings():  # two seeds with the same score, reached along different float paths
+        warnings.simplefilter("error")
+        same = evidence.versus([100 * (0.1 + 0.2), 30.0], 29.5)  # 30.000000000000004 and 30.0
+    assert same.lo == same.hi == same.effect == pytest.approx(0.5) and same.settled
 
 
 def test_judged_reads_the_interval_and_knows_that_a_lower_mae_is_better():

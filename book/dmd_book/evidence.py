@@ -15,12 +15,12 @@ import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from .stats import Difference, Estimate, difference, estimate
 
@@ -73,14 +73,10 @@ def versus(values: Sequence[float], reference: float) -> Difference:
     """``mean(values) - reference`` for a fixed ``reference`` (one deterministic fit): the t interval of the
     per-seed mean, shifted, and the one-sample t-test's p-value."""
     x = np.asarray(values, dtype=float)
-    est = estimate(x)
-    if est.n < 2:
-        return Difference(est.mean - reference, math.nan, math.nan, math.nan, est.n, False)
-    if est.std == 0:
-        effect = est.mean - reference
-        return Difference(effect, effect, effect, 1.0 if effect == 0 else 0.0, est.n, False)
-    p = float(sps.ttest_1samp(x, reference).pvalue)
-    return Difference(est.mean - reference, est.lo - reference, est.hi - reference, p, est.n, False)
+    # The t test of the differences from a constant is the one-sample t test; difference() also reads values
+    # that are equal up to rounding as exact, instead of letting scipy warn about them.
+    d = difference(x, np.full_like(x, float(reference)), paired=True)
+    return replace(d, paired=False)
 
 
 def judged(d: Difference, metric: str) -> str:
