@@ -1,6 +1,6 @@
 """Seeds side by side in processes (``dmd train --workers 2``) against one process, measured alternately.
 
-Three ways to train the same two seeds of the book's CPU model (d 32, 4 heads, 2 levels, lr 1e-3, no
+Three ways to train the same two seeds of a small CPU model (d 32, 4 heads, 2 levels, lr 1e-3, no
 accumulation) on a half-size synthetic MOSI-aligned file: one process with PyTorch's default threads,
 one process with one thread (``OMP_NUM_THREADS=1``), and two single-threaded worker processes
 (``--workers 2``). Each is a whole ``dmd train`` process, run in turn, ``--repeats`` times. Writes a
