@@ -158,19 +158,39 @@ def peak_flops(device: torch.device, gpu_name: str | None, precision: str, tf32:
     return peak_matmul_flops(device, PEAK_DTYPES[dtype]), "timed", dtype
 
 
-def peak_matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of a ``size``-square matmul on ``device`` (best of ``repeats``): the MFU denominator where
-    no data sheet is known."""
+def peak_matmul_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, repeats: int = 5,
+                      budget_s: float = 10.0) -> float:  # fmt: skip
+    """FLOP/s of a square matmul on ``device`` (best of ``repeats``): the MFU denominator where no data sheet is
+    known. The matmul is ``size`` square, or smaller where ``dtype`` is so slow on ``device`` that timing it would
+    take more than ``budget_s`` (bfloat16 on a CPU without bfloat16 instructions is emulated: a 2048-square
+    matmul then takes minutes); a 256-square matmul measures the rate that decides (:func:`fitting_size`)."""
+    rate = 2 * 256**3 / _matmul_seconds(device, dtype, 256, repeats=1)
+    size = fitting_size(rate, budget_s / (repeats + 1), size)
+    return 2 * size**3 / _matmul_seconds(device, dtype, size, repeats)
+
+
+def fitting_size(flops_per_s: float, seconds: float, largest: int = 2048, smallest: int = 256) -> int:
+    """The largest square size, ``largest`` halved as often as needed (not below ``smallest``), whose matmul
+    (``2 n^3`` FLOPs) takes at most ``seconds`` at ``flops_per_s``."""
+    size = largest
+    while size > smallest and 2 * size**3 / flops_per_s > seconds:
+        size //= 2
+    return size
+
+
+def _matmul_seconds(device: torch.device, dtype: torch.dtype, size: int, repeats: int) -> float:
+    """The fastest of ``repeats`` timed ``size``-square matmuls, after one untimed warm-up."""
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     best = float("inf")
-    for _ in range(repeats + 1):
+    for i in range(repeats + 1):
         _sync(device)
         start = time.perf_counter()
         a @ b
         _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
+        if i:
+            best = min(best, time.perf_counter() - start)
+    return best
 
 
 def count_flops(model, batch, precision: str | bool, train: bool) -> float:

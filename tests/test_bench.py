@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -124,6 +125,21 @@ def test_the_mfu_peak_is_timed_only_for_gpus_without_a_datasheet_entry(monkeypat
     assert timed == []
     assert bench.peak_flops(gpu, "Some New GPU", "fp16", tf32=True) == (1e12, "timed", "fp16")
     assert timed == [torch.float16]
+
+
+def test_the_timed_peak_shrinks_its_matmul_only_where_the_dtype_is_too_slow_for_the_budget():
+    assert bench.fitting_size(1e12, 0.5) == 2048  # a GPU, or float32 on any CPU: the full 2048-square matmul
+    assert bench.fitting_size(2e10, 1.0) == 2048  # 2 * 2048**3 FLOPs take 0.86 s at 20 GFLOP/s
+    assert bench.fitting_size(2e10, 0.5) == 1024
+    assert bench.fitting_size(1e8, 0.1) == 256 and bench.fitting_size(1.0, 1.0) == 256  # never below 256
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_timed_peak_of_the_cpu_is_a_positive_rate_in_each_precision(dtype):
+    # bfloat16 on a CPU without bfloat16 instructions is emulated: a 2048-square matmul would take minutes there
+    # (the GPU check's dry run timed out on it); the measured rate picks a size that fits the budget.
+    rate = bench.peak_matmul_flops(torch.device("cpu"), dtype, repeats=1, budget_s=2.0)
+    assert math.isfinite(rate) and rate > 0
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
