@@ -360,6 +360,16 @@ def _arc(
             bbox=dict(boxstyle="round,pad=0.12", facecolor="white", edgecolor="none", alpha=0.9))  # fmt: skip
 
 
+def _graph_frame(ax: Axes, xlim: tuple[float, float], ylim: tuple[float, float], title: str) -> None:
+    """A graph's axes: equal scales, no frame, ticks or grid."""
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.grid(False)
+    ax.set_title(title)
+
+
 def edge_graph(weights: Mapping[str, float] | Sequence[float], ax: Axes | None = None, title: str = "",
                max_width: float = 9.0, scale: float | None = None) -> Figure:  # fmt: skip
     """The mean graph as a directed graph: nodes L, V, A; arrow ``i -> j`` of width proportional to its weight.
@@ -380,12 +390,7 @@ def edge_graph(weights: Mapping[str, float] | Sequence[float], ax: Axes | None =
         _arc(ax, pos[teacher], pos[student], PALETTE[teacher], width=max(0.4, max_width * w / scale),
              head=10 + 2 * max_width * w / scale, shrink=20, label=f"{w:.2f}", fontsize=9.5, rad=0.22,
              label_out=1.5)  # fmt: skip
-    ax.set_xlim(-1.45, 1.45)
-    ax.set_ylim(-1.1, 1.45)
-    ax.set_aspect("equal")
-    ax.axis("off")
-    ax.grid(False)
-    ax.set_title(title)
+    _graph_frame(ax, (-1.45, 1.45), (-1.1, 1.45), title)
     return fig
 
 
@@ -629,12 +634,7 @@ def gd_unit_figure(terms: pd.DataFrame, logits: Mapping[str, float], title: str 
         label = f"{str(name).replace('->', '→')}\nw {row['w']:.3f}\nw+π {row['w + prior']:.3f}"
         _arc(ax, pos[teacher], pos[student], PALETTE[teacher], width=width, head=12 + width, shrink=26, label=label,
              fontsize=9, rad=0.25, alpha=0.8)  # fmt: skip
-    ax.set_xlim(-3.1, 3.1)
-    ax.set_ylim(-1.85, 2.65)
-    ax.set_aspect("equal")
-    ax.axis("off")
-    ax.grid(False)
-    ax.set_title(title)
+    _graph_frame(ax, (-3.1, 3.1), (-1.85, 2.65), title)
     return fig
 
 
