@@ -321,7 +321,7 @@ def follow_verdict(audio_share: Mapping[str, pd.Series], moved_units: Mapping[st
     for unit in BRANCH_TITLES.values():
         lang, audio = audio_share[f"{unit}, language file"], audio_share[f"{unit}, audio file"]
         if not moved_units["language file"][unit] and not moved_units["audio file"][unit]:
-            null.append(unit)
+            null.append(f"{unit} {_share(lang)} and {_share(audio)}")
             clauses.append(f"in {unit} the free edges do not leave 1/6 beyond seed noise on either file (audio's "
                            f"share {_share(lang)} and {_share(audio)}): a null result, so this unit cannot say "
                            "whether the graph follows the data at this size")  # fmt: skip
@@ -335,11 +335,9 @@ def follow_verdict(audio_share: Mapping[str, pd.Series], moved_units: Mapping[st
             clauses.append(f"in {unit} a change of audio's teacher share is not established ({_share(lang)} on the "
                            f"language file, {_share(audio)} on the audio file; difference {d.text(3)})")  # fmt: skip
     if len(null) == len(clauses) > 1:  # every unit null: say it once
-        shares = "; ".join(f"{unit} {_share(audio_share[f'{unit}, language file'])} and "
-                           f"{_share(audio_share[f'{unit}, audio file'])}" for unit in null)  # fmt: skip
         clauses = [f"in neither unit do the free edges leave 1/6 beyond seed noise on either file (audio's share on "
-                   f"the language and the audio file: {shares}): a null result, so neither unit can say whether the "
-                   "graph follows the data at this size"]  # fmt: skip
+                   f"the language and the audio file: {'; '.join(null)}): a null result, so neither unit can say "
+                   "whether the graph follows the data at this size"]  # fmt: skip
     text = "Without a prior: " + "; ".join(clauses) + "."
     lead = moved([UNIFORM_SHARE] * len(language_share_paper), language_share_paper)
     if lead.settled and lead.effect > 0:

@@ -341,10 +341,9 @@ def missing_modality_verdict(long: pd.DataFrame, metrics: Sequence[str] = ("Non0
     clauses = []
     for present, missing in names.items():
         group = long[long["present"] == present].set_index("seed").loc[full.index]
-        changes = {METRICS[m]: difference(group[m], full[m], paired=True) for m in metrics}
-        settled = [f"{name} by {brief(d, digits(m))}" for (name, d), m in zip(changes.items(), metrics) if d.settled]
-        unclear = [f"{name} ({brief(d, digits(m))})" for (name, d), m in zip(changes.items(), metrics)
-                   if not d.settled]  # fmt: skip
+        changes = [(METRICS[m], difference(group[m], full[m], paired=True), digits(m)) for m in metrics]
+        settled = [f"{name} by {brief(d, k)}" for name, d, k in changes if d.settled]
+        unclear = [f"{name} ({brief(d, k)})" for name, d, k in changes if not d.settled]
         if settled and unclear:
             clauses.append(f"zeroing {missing} changes {_listed(settled)}, beyond seed noise, while its change in "
                            f"{_listed(unclear)} is not established at this size")  # fmt: skip

@@ -585,7 +585,7 @@ def probe_figure(probes: pd.DataFrame, floor: Mapping[str, float]) -> Figure:
     modality_bars(table, "MAE", ax=axes[1], reference=floor["MAE"])
     axes[0].set_xlabel("Non0 Acc-2 (%)")
     axes[1].set_yticks(axes[1].get_yticks(), [])
-    handles, labels = axes[0].get_legend_handles_labels()
+    handles, _ = axes[0].get_legend_handles_labels()
     for ax in axes:
         ax.get_legend().remove()
     fig.legend(handles, ["predicting the training mean"], loc="outside lower center")

@@ -101,6 +101,11 @@ def estimate(values: Sequence[float]) -> Estimate:
     return Estimate(mean, std, n, mean - half, mean + half)
 
 
+def _rounding(x: np.ndarray, y: np.ndarray) -> float:
+    """How far apart two computations of the same number can land in float64, at the scale of ``x`` and ``y``."""
+    return 1e-9 * max(1.0, float(np.abs(x).max(initial=0.0)), float(np.abs(y).max(initial=0.0)))
+
+
 def difference(a: Sequence[float], b: Sequence[float], paired: bool = False) -> Difference:
     """``mean(a) - mean(b)`` with its 95% interval and p-value: paired t over per-seed differences when both
     sides ran the same seeds (``paired``, equal lengths required), else Welch's t."""
@@ -111,7 +116,7 @@ def difference(a: Sequence[float], b: Sequence[float], paired: bool = False) -> 
         d = estimate(x - y)
         # Per-seed differences equal up to floating-point rounding (a metric that changed by the same number of
         # test samples in every seed) are a constant difference: the t statistic of rounding noise means nothing.
-        rounding = 1e-9 * max(1.0, float(np.abs(x).max(initial=0.0)), float(np.abs(y).max(initial=0.0)))
+        rounding = _rounding(x, y)
         if d.n < 2 or d.std <= rounding:
             mean = 0.0 if abs(d.mean) <= rounding else d.mean
             return Difference(mean, mean if d.n > 1 else math.nan, mean if d.n > 1 else math.nan,
@@ -123,7 +128,7 @@ def difference(a: Sequence[float], b: Sequence[float], paired: bool = False) -> 
     va, vb = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
     se = math.sqrt(va + vb)
     effect = float(x.mean() - y.mean())
-    rounding = 1e-9 * max(1.0, float(np.abs(x).max()), float(np.abs(y).max()))
+    rounding = _rounding(x, y)
     if se <= rounding:  # both sides constant up to rounding
         effect = 0.0 if abs(effect) <= rounding else effect
         return Difference(effect, effect, effect, 1.0 if effect == 0 else 0.0, min(len(x), len(y)), False)
